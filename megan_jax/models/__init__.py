@@ -1,0 +1,14 @@
+"""The MEGAN network and its configurations."""
+
+import ml_collections
+
+from megan_jax.models.configs import VARIANTS, model_config
+from megan_jax.models.megan import MEGAN
+
+
+def build_model(config: ml_collections.ConfigDict) -> MEGAN:
+  """The flax module for a model config (see `model_config`)."""
+  return MEGAN(config)
+
+
+__all__ = ["MEGAN", "VARIANTS", "build_model", "model_config"]

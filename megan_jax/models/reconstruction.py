@@ -1,0 +1,65 @@
+"""Progressive fusion reconstruction, Sec. 3.4: m2 (PFRDBs), m3 (residual blocks) and the x4 upsampler."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from megan_jax.models.layers import Conv, Dtype, ResidualBlock, lrelu, pixel_shuffle, residual_init
+
+
+class ProgressiveFusionBlock(nn.Module):
+  """Progressive fusion residual dense block (after Yi et al.'s PFRB, ICCV 2019), over (B, T, H, W, C).
+
+      a_t = LReLU(conv3x3(F_t))                     per-frame features (weights shared over t)
+      d   = conv1x1([a_1, ..., a_T])                distillation of all frames into C channels
+      F'_t = F_t + LReLU(conv3x3([a_t, d]))         fusion back into each frame, residual
+
+  The distillation conv sees T * C channels, so a trained model is tied to its number of frames.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape  # (B, T, H, W, C)
+    conv = functools.partial(Conv, self.features, dtype=self.dtype, kernel_init=residual_init)
+    a = lrelu(conv(name="frame")(x))
+    stacked = a.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # (B, H, W, T C)
+    d = Conv(self.features, kernel=1, dtype=self.dtype, name="distill")(stacked)  # (B, H, W, C)
+    fused = jnp.concatenate([a, jnp.broadcast_to(d[:, None], a.shape)], -1)
+    return x + lrelu(conv(name="fuse")(fused))
+
+
+class Upsampler(nn.Module):
+  """Two x2 PixelShuffle stages (conv C->4*64, shuffle, LeakyReLU), HR conv + LeakyReLU, conv to RGB."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda feat, name: Conv(feat, dtype=self.dtype, name=name)
+    x = lrelu(pixel_shuffle(conv(self.features * 4, "up1")(x), 2))
+    x = lrelu(pixel_shuffle(conv(64 * 4, "up2")(x), 2))
+    x = lrelu(conv(64, "hr_conv")(x))
+    return conv(3, "conv_last")(x)
+
+
+class Reconstruction(nn.Module):
+  """m2 PFRDBs over all frames, m3 residual blocks per frame, then the x4 upsampler. (B, T, H, W, C) in."""
+  features: int
+  pfrdb_blocks: int
+  back_rbs: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape  # (B, T, H, W, C)
+    for i in range(self.pfrdb_blocks):
+      x = ProgressiveFusionBlock(self.features, self.dtype, name=f"pfrdb{i}")(x)
+    x = x.reshape(b * t, h, w, c)
+    for i in range(self.back_rbs):
+      x = ResidualBlock(self.features, self.dtype, name=f"rb{i}")(x)
+    out = Upsampler(self.features, self.dtype, name="upsampler")(x)  # (B T, 4H, 4W, 3)
+    return out.reshape((b, t) + out.shape[1:])

@@ -1,0 +1,210 @@
+"""The network: shapes, parameter counts (derived by hand), gradients, determinism, NLRB vs numpy."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from megan_jax.models import build_model, model_config
+from megan_jax.models.nonlocal_block import NonLocalResidualBlock, chunked_attention
+
+
+def conv(cin, cout, k=3):
+  return k * k * cin * cout + cout
+
+
+def expected_param_count(variant):
+  """Parameter count derived from the architecture description, conv by conv."""
+  cfg = model_config(variant)
+  c, g = cfg.nf, cfg.groups
+  dcn = conv(c, c) + conv(c, 3 * g * 9)                  # weight + offset/mask conv
+  pcd_one_way = (conv(2 * c, c) + conv(c, c) + dcn                                  # level 3
+                 + 2 * (conv(2 * c, c) + conv(2 * c, c) + conv(c, c) + dcn + conv(2 * c, c)))
+  pcd = 2 * pcd_one_way
+  pyramid = 4 * conv(c, c)
+  interp = pcd + conv(2 * c, c, 1)
+  state_align = pyramid + pcd + conv(2 * c, c, 1)
+  lstm = 2 * state_align + conv(2 * c, 4 * c) + conv(2 * c, c, 1)
+  front = conv(3, c) + cfg.front_convs * conv(c, c) + cfg.front_rbs * 2 * conv(c, c)
+  if cfg.use_nlrb:
+    e = cfg.nlrb_embed
+    front += cfg.nlrb_blocks * (3 * conv(c, e, 1) + conv(e, c, 1))
+  lmga = 0
+  if cfg.use_lmga:
+    lmga = 3 * conv(c, c) + conv(c, c) + conv(c, 1) + cfg.lmga_layers * conv(c, c) + 2 * conv(c, c)
+  frames = 7
+  pfrdb = cfg.pfrdb_blocks * (conv(c, c) + conv(frames * c, c, 1) + conv(2 * c, c)) if cfg.use_pfrdb else 0
+  recon = pfrdb + cfg.back_rbs * 2 * conv(c, c)
+  up = conv(c, 4 * c) + conv(c, 4 * 64) + conv(64, 64) + conv(64, 3)
+  return front + pyramid + interp + lstm + lmga + recon + up
+
+
+def count(variant):
+  model = build_model(model_config(variant))
+  x = jax.ShapeDtypeStruct((1, 4, 16, 16, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), x)
+  return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+
+
+def test_zsm_matches_official_parameter_count():
+  assert expected_param_count("zsm") == 11_102_771  # the official ZSM (LunaTokis, back_RBs=40)
+  assert count("zsm") == 11_102_771
+
+
+@pytest.mark.parametrize("variant", ["megan", "no_lmga", "no_nlrb", "small", "tiny"])
+def test_parameter_counts(variant):
+  assert count(variant) == expected_param_count(variant)
+
+
+def test_megan_has_about_10_7m_parameters():
+  assert abs(count("megan") - 10.7e6) / 10.7e6 < 0.05
+
+
+TINY = build_model(model_config("tiny"))
+init_tiny = jax.jit(lambda key, x: TINY.init({"params": key}, x))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  x = jax.random.uniform(jax.random.key(1), (1, 4, 16, 16, 3))
+  return TINY, init_tiny(jax.random.key(0), x), x
+
+
+@pytest.mark.parametrize("n_in,h,w", [(2, 8, 12), (3, 16, 8), (5, 8, 8)])
+def test_output_shapes(n_in, h, w):
+  model = build_model(model_config("tiny"))
+  x = jnp.ones((2, n_in, h, w, 3)) * 0.5
+  out = jax.eval_shape(lambda x: model.init_with_output({"params": jax.random.key(0)}, x)[0], x)
+  assert out.shape == (2, 2 * n_in - 1, 4 * h, 4 * w, 3)
+  assert out.dtype == jnp.float32
+
+
+def test_forward_under_jit_is_finite_and_varies(tiny):
+  model, params, x = tiny
+  y = jax.jit(lambda p, x: model.apply(p, x))(params, x)
+  assert y.shape == (1, 7, 64, 64, 3)
+  assert bool(jnp.all(jnp.isfinite(y)))
+  assert float(jnp.std(y)) > 0
+
+
+@pytest.mark.parametrize("h,w", [(10, 16), (16, 14)])
+def test_rejects_sizes_not_multiple_of_4(tiny, h, w):
+  model, params, _ = tiny
+  with pytest.raises(ValueError, match="multiple of 4"):
+    model.apply(params, jnp.zeros((1, 4, h, w, 3)))
+
+
+def test_rejects_wrong_layout(tiny):
+  model, params, _ = tiny
+  with pytest.raises(ValueError, match=r"\(B, n\+1, H, W, 3\)"):
+    model.apply(params, jnp.zeros((1, 4, 16, 16)))
+
+
+def test_gradients_reach_every_parameter(tiny):
+  """At init only the zero-initialised offset/mask convs block gradients (to the offset-feature convs
+  upstream of them, as in ZSM); once those convs have moved, every parameter receives a gradient."""
+  model, params, x = tiny
+  params = flax.core.unfreeze(params)
+  flat = flax.traverse_util.flatten_dict(params["params"], sep="/")
+  key = jax.random.key(7)
+  for name, value in flat.items():
+    if "conv_offset_mask" in name:
+      key, sub = jax.random.split(key)
+      flat[name] = 0.01 * jax.random.normal(sub, value.shape)
+  params = {"params": flax.traverse_util.unflatten_dict(flat, sep="/")}
+
+  def loss(p):
+    y = model.apply(p, x, train=True, rngs={"lmga": jax.random.key(2)})
+    return jnp.mean(jnp.sqrt((y - 0.5) ** 2 + 1e-6))
+
+  grads = jax.jit(jax.grad(loss))(params)
+  flat = flax.traverse_util.flatten_dict(grads["params"], sep="/")
+  dead = [k for k, g in flat.items() if not bool(jnp.any(g != 0)) or not bool(jnp.all(jnp.isfinite(g)))]
+  assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_same_inputs_and_key_give_same_output(tiny):
+  model, params, x = tiny
+  run = jax.jit(lambda p, x, k: model.apply(p, x, train=True, rngs={"lmga": k}))
+  a = run(params, x, jax.random.key(5))
+  b = run(params, x, jax.random.key(5))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  params2 = init_tiny(jax.random.key(0), x)
+  chex_equal = jax.tree_util.tree_map(lambda u, v: bool(jnp.array_equal(u, v)), params, params2)
+  assert all(jax.tree_util.tree_leaves(chex_equal))
+
+
+def test_training_global_pool_is_random_and_eval_is_deterministic(tiny):
+  model, params, x = tiny
+  # Perturb the LMGA edge function so that the choice of global frames changes the output.
+  p = jax.tree_util.tree_map(lambda a: a, flax.core.unfreeze(params))
+  key = jax.random.key(9)
+  for name in ("edge1", "edge2", "graph1", "graph2", "refine1", "refine2"):
+    k = p["params"]["lmga"][name]["Conv_0"]["kernel"]
+    key, sub = jax.random.split(key)
+    p["params"]["lmga"][name]["Conv_0"]["kernel"] = jax.random.normal(sub, k.shape) * 0.5
+  train = jax.jit(lambda p, x, k: model.apply(p, x, train=True, rngs={"lmga": k}))
+  outs = [np.asarray(train(p, x, jax.random.key(s))) for s in range(4)]
+  assert any(not np.array_equal(outs[0], o) for o in outs[1:])
+  ev = jax.jit(lambda p, x: model.apply(p, x, train=False))
+  np.testing.assert_array_equal(np.asarray(ev(p, x)), np.asarray(ev(p, x)))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  cfg = model_config("tiny")
+  cfg.dtype = "bfloat16"
+  model = build_model(cfg)
+  x = jax.random.uniform(jax.random.key(1), (1, 3, 8, 8, 3))
+  y, params = jax.jit(lambda x: model.init_with_output({"params": jax.random.key(0)}, x))(x)
+  assert y.dtype == jnp.float32 and y.shape == (1, 5, 32, 32, 3)
+  assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(params))
+  y32 = jax.jit(build_model(model_config("tiny")).apply)(params, x)
+  assert float(jnp.max(jnp.abs(y - y32))) < 0.05
+
+
+def numpy_nonlocal(x, wu, bu, wv, bv, wg, bg, wz, bz):
+  """Eq. (1)-(3) with the full (HW x HW) matrix, in float64 numpy."""
+  h, w, c = x.shape
+  flat = x.reshape(h * w, c).astype(np.float64)
+  u, v, g = flat @ wu + bu, flat @ wv + bv, flat @ wg + bg
+  s = u @ v.T
+  s = np.exp(s - s.max(axis=1, keepdims=True))
+  y = (s / s.sum(axis=1, keepdims=True)) @ g
+  return (flat + y @ wz + bz).reshape(h, w, c)
+
+
+@pytest.mark.parametrize("impl,chunk", [("chunked", 7), ("chunked", 1024), ("full", 0), ("xla", 0)])
+def test_nonlocal_block_matches_numpy_reference(impl, chunk):
+  block = NonLocalResidualBlock(features=6, embed=3, impl=impl, chunk=chunk)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 6))
+  params = block.init(jax.random.key(1), x)
+  y = np.asarray(block.apply(params, x))
+  p = params["params"]
+  get = lambda n: (np.asarray(p[n]["Conv_0"]["kernel"][0, 0], np.float64),
+                   np.asarray(p[n]["Conv_0"]["bias"], np.float64))
+  for i in range(2):
+    ref = numpy_nonlocal(np.asarray(x[i]), *get("u"), *get("v"), *get("g"), *get("w_z"))
+    np.testing.assert_allclose(y[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_attention_gradient_matches_full():
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 37, 4)) for i in range(3))
+  f_chunk = lambda q, k, v: jnp.sum(jnp.sin(chunked_attention(q, k, v, 8)))
+  f_full = lambda q, k, v: jnp.sum(jnp.sin(
+      jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(jnp.einsum("bqd,bkd->bqk", q, k), -1), v)))
+  for a, b in zip(jax.grad(f_chunk, (0, 1, 2))(q, k, v), jax.grad(f_full, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_nonlocal_block_runs_on_a_vid4_sized_frame():
+  """180x144 = 25,920 positions: the full matrix would be 2.7 GB per frame; the chunked path is not."""
+  block = NonLocalResidualBlock(features=8, embed=4, impl="chunked", chunk=2048)
+  x = jnp.ones((1, 144, 180, 8))
+  params = block.init(jax.random.key(0), x[:, :8, :8])
+  compiled = jax.jit(block.apply).lower(params, x).compile()
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    assert mem.temp_size_in_bytes < 1e9
+  y = compiled(params, x)
+  assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
