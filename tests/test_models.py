@@ -208,3 +208,23 @@ def test_nonlocal_block_runs_on_a_vid4_sized_frame():
     assert mem.temp_size_in_bytes < 1e9
   y = compiled(params, x)
   assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_global_residual_adds_bicubic_and_blending():
+  """With the reconstruction's last conv zeroed the output is exactly the baseline, which away from
+  the borders equals MATLAB bicubic x4 of the inputs and the mean of neighbours in between."""
+  from megan_jax.data.imresize import imresize_np
+  cfg = model_config("tiny")
+  cfg.global_residual = True
+  model = build_model(cfg)
+  x = jax.random.uniform(jax.random.key(3), (1, 3, 8, 8, 3))
+  params = flax.core.unfreeze(jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(x))
+  last = params["params"]["recon"]["upsampler"]["conv_last"]["Conv_0"]
+  last["kernel"], last["bias"] = jnp.zeros_like(last["kernel"]), jnp.zeros_like(last["bias"])
+  y = np.asarray(jax.jit(model.apply)(params, x))[0]  # (5, 32, 32, 3)
+  up = imresize_np(np.asarray(x[0], np.float64), 4)  # (3, 32, 32, 3)
+  inner = (slice(8, -8), slice(8, -8))
+  for i in range(3):
+    np.testing.assert_allclose(y[2 * i][inner], up[i][inner], atol=1e-5)
+  for i in range(2):
+    np.testing.assert_allclose(y[2 * i + 1], 0.5 * (y[2 * i] + y[2 * i + 2]), atol=1e-6)

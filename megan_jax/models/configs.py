@@ -31,6 +31,7 @@ def model_config(variant: str = "megan") -> ml_collections.ConfigDict:
   c.use_pfrdb = True
   c.pfrdb_blocks = 5          # m2
   c.back_rbs = 20             # m3
+  c.global_residual = False   # add bicubic x4 + frame blending to the output (not in the paper)
   # Numerics and kernels.
   c.dtype = "float32"         # compute dtype ("float32" | "bfloat16"); parameters stay float32
   c.deform_impl = "jnp"       # "jnp" | "pallas"
