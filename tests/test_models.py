@@ -36,7 +36,8 @@ def expected_param_count(variant):
   frames = 7
   pfrdb = cfg.pfrdb_blocks * (conv(c, c) + conv(frames * c, c, 1) + conv(2 * c, c)) if cfg.use_pfrdb else 0
   recon = pfrdb + cfg.back_rbs * 2 * conv(c, c)
-  up = conv(c, 4 * c) + conv(c, 4 * 64) + conv(64, 64) + conv(64, 3)
+  hr = cfg.hr_features
+  up = conv(c, 4 * c) + conv(c, 4 * hr) + conv(hr, hr) + conv(hr, 3)
   return front + pyramid + interp + lstm + lmga + recon + up
 
 

@@ -31,6 +31,7 @@ def model_config(variant: str = "megan") -> ml_collections.ConfigDict:
   c.use_pfrdb = True
   c.pfrdb_blocks = 5          # m2
   c.back_rbs = 20             # m3
+  c.hr_features = 64          # width of the convs after the first PixelShuffle (64 in ZSM/MEGAN)
   c.global_residual = False   # add bicubic x4 + frame blending to the output (not in the paper)
   # Numerics and kernels.
   c.dtype = "float32"         # compute dtype ("float32" | "bfloat16"); parameters stay float32
@@ -70,6 +71,7 @@ def model_config(variant: str = "megan") -> ml_collections.ConfigDict:
     c.nlrb_embed = 4
     c.pfrdb_blocks = 1
     c.back_rbs = 1
+    c.hr_features = 8
     c.nlrb_chunk = 16
   else:
     raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")

@@ -76,8 +76,8 @@ class MEGAN(nn.Module):
                                  name="convlstm")(feats)  # (B, 2n+1, H, W, C)
     if cfg.use_lmga:
       feats = LMGA(cfg.nf, cfg.lmga_tau, cfg.lmga_layers, dtype, name="lmga")(feats, train=train)
-    out = Reconstruction(cfg.nf, cfg.pfrdb_blocks if cfg.use_pfrdb else 0, cfg.back_rbs, dtype,
-                         name="recon")(feats)
+    out = Reconstruction(cfg.nf, cfg.pfrdb_blocks if cfg.use_pfrdb else 0, cfg.back_rbs,
+                         cfg.hr_features, dtype, name="recon")(feats)
     out = out.astype(jnp.float32)  # (B, 2n+1, 4H, 4W, 3)
     if cfg.global_residual:
       out = out + upsample_and_blend(x.astype(jnp.float32))

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from megan_jax.models.layers import Conv, Dtype, ResidualBlock, lrelu, pixel_shuffle, residual_init
+from megan_jax.models.layers import (Conv, Dtype, ResidualBlock, he_init, lrelu, pixel_shuffle,
+                                     residual_init)
 
 
 class ProgressiveFusionBlock(nn.Module):
@@ -33,17 +34,22 @@ class ProgressiveFusionBlock(nn.Module):
 
 
 class Upsampler(nn.Module):
-  """Two x2 PixelShuffle stages (conv C->4*64, shuffle, LeakyReLU), HR conv + LeakyReLU, conv to RGB."""
+  """Two x2 PixelShuffle stages (conv C->4*64, shuffle, LeakyReLU), HR conv + LeakyReLU, conv to RGB.
+
+  `hr_features` is 64 in ZSM and MEGAN whatever C is; narrow models (the CPU demo) lower it, since the
+  x4-resolution convs dominate their cost.
+  """
   features: int
+  hr_features: int = 64
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda feat, name: Conv(feat, dtype=self.dtype, name=name)
+    conv = lambda feat, name, init=he_init: Conv(feat, dtype=self.dtype, kernel_init=init, name=name)
     x = lrelu(pixel_shuffle(conv(self.features * 4, "up1")(x), 2))
-    x = lrelu(pixel_shuffle(conv(64 * 4, "up2")(x), 2))
-    x = lrelu(conv(64, "hr_conv")(x))
-    return conv(3, "conv_last")(x)
+    x = lrelu(pixel_shuffle(conv(self.hr_features * 4, "up2")(x), 2))
+    x = lrelu(conv(self.hr_features, "hr_conv")(x))
+    return conv(3, "conv_last", residual_init)(x)
 
 
 class Reconstruction(nn.Module):
@@ -51,6 +57,7 @@ class Reconstruction(nn.Module):
   features: int
   pfrdb_blocks: int
   back_rbs: int
+  hr_features: int = 64
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -61,5 +68,5 @@ class Reconstruction(nn.Module):
     x = x.reshape(b * t, h, w, c)
     for i in range(self.back_rbs):
       x = ResidualBlock(self.features, self.dtype, name=f"rb{i}")(x)
-    out = Upsampler(self.features, self.dtype, name="upsampler")(x)  # (B T, 4H, 4W, 3)
+    out = Upsampler(self.features, self.hr_features, self.dtype, name="upsampler")(x)  # (B T, 4H, 4W, 3)
     return out.reshape((b, t) + out.shape[1:])
