@@ -1,0 +1,345 @@
+"""Training: one jitted train step over a device mesh, checkpoints, logs and periodic validation.
+
+The same code runs on one CPU, several devices and several hosts: the global batch is sharded over
+the "data" axis of a mesh of all devices, the train state is replicated, and each process feeds its
+own shard of the batch (`jax.make_array_from_process_local_data`). A run is a pure function of its
+config: parameters, LMGA's random pooling and the data order all derive from `config.seed`, and the
+per-step key is `fold_in(key, step)`, so a run stopped and resumed from its checkpoint (which holds
+the grain iterator position too) ends bit-identical to an uninterrupted one on the CPU.
+"""
+
+import math
+import os
+import signal
+import threading
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from megan_jax import checkpointing, logging_utils
+from megan_jax.losses import charbonnier
+
+SCALE = 4
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+class Interrupted(RuntimeError):
+  """SIGTERM/SIGINT arrived: a checkpoint was saved; rerunning the command resumes."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss, gradient or parameters became NaN/Inf; nothing after the last good checkpoint kept."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array      # () int32, optimiser steps done
+  params: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  param_norm: clu_metrics.Average.from_output("param_norm")
+
+
+def setup_runtime(config: ml_collections.ConfigDict) -> None:
+  """Process-wide setup that must precede the first JAX computation (main.py calls it first).
+
+  config.deterministic adds XLA's `--xla_gpu_deterministic_ops=true` (deterministic scatter and
+  reductions; it only matters on GPU, the CPU is deterministic anyway). config.distributed.enabled
+  calls `jax.distributed.initialize` (arguments left unset are auto-detected on SLURM/TPU/MPI).
+  config.compilation_cache_dir turns on JAX's persistent compilation cache.
+  """
+  if config.get("deterministic") and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DETERMINISTIC_FLAG).strip()
+  dist = config.get("distributed")
+  if dist is not None and dist.get("enabled"):
+    jax.distributed.initialize(coordinator_address=dist.get("coordinator_address"),
+                               num_processes=dist.get("num_processes"),
+                               process_id=dist.get("process_id"))
+  if config.get("compilation_cache_dir"):
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+
+
+def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Cosine annealing with warm restarts: each cycle of `opt.cycle_steps` steps goes from
+  `opt.lr` to `opt.min_lr` (lr_t = min + (lr - min)(1 + cos(pi t / T)) / 2), then restarts;
+  `opt.restarts` restarts (default: as many as `num_steps` needs)."""
+  cycles = (opt.restarts + 1) if opt.get("restarts") is not None else math.ceil(
+      num_steps / opt.cycle_steps)
+  cycle = optax.cosine_decay_schedule(opt.lr, opt.cycle_steps, alpha=opt.min_lr / opt.lr)
+  if cycles <= 1:
+    return cycle
+  return optax.join_schedules([cycle] * cycles,
+                              [opt.cycle_steps * (i + 1) for i in range(cycles - 1)])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
+                                                               optax.Schedule]:
+  opt = config.optimizer
+  schedule = lr_schedule(opt, config.num_steps)
+  return optax.adam(schedule, b1=opt.b1, b2=opt.b2), schedule
+
+
+def make_train_step(model, tx: optax.GradientTransformation, loss_eps: float):
+  """train_step(state, batch, rng) -> (state, TrainMetrics): one Adam step on the Charbonnier loss.
+
+  batch: {"lr": (B, n+1, h, w, 3), "gt": (B, 2n+1, 4h, 4w, 3)}; rng: uint32 key data (2,)
+  of the "lmga" stream, folded with the step number.
+  """
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    key = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      pred = model.apply({"params": params}, batch["lr"], train=True, rngs={"lmga": key})
+      return charbonnier(pred, batch["gt"], loss_eps)  # (B, 2n+1, 4h, 4w, 3) -> ()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = TrainMetrics.single_from_model_output(
+        loss=loss, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def rng_streams(seed: int) -> dict[str, np.ndarray]:
+  """The named random streams of a run, as uint32 key data (2,); the data order uses `seed` itself."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return {name: np.asarray(k) for name, k in zip(("params", "lmga_init", "lmga"), keys)}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError/FileNotFoundError naming the config field for settings that cannot work."""
+  data = config.data
+  if data.name == "vimeo" and not os.path.isdir(str(data.root)):
+    raise FileNotFoundError(
+        f"config.data.root: {data.root} does not exist; expected the Vimeo-90K septuplet layout "
+        f"ROOT/sequences/00001/0001/im1.png ... im7.png and the clip list config.data.list_file "
+        f"(now {data.list_file!r}; 'train' is the packaged sep_trainlist.txt, or give "
+        f"ROOT/sep_trainlist.txt). Set --config.data.root=/path/to/vimeo_septuplet")
+  if data.crop % 4:
+    raise ValueError(f"config.data.crop: {data.crop} is not a multiple of 4")
+  if config.num_steps <= 0:
+    raise ValueError(f"config.num_steps: {config.num_steps} must be positive")
+  devices, processes = jax.device_count(), jax.process_count()
+  if config.batch_size % devices:
+    raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
+                     f"{devices} devices of the mesh")
+  if config.batch_size % processes:
+    raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
+                     f"{processes} processes")
+  if config.eval_every and config.val.get("kind") in ("vimeo", "folders", "video") and (
+      not os.path.exists(str(config.val.root))):
+    raise FileNotFoundError(
+        f"config.val.root: {config.val.root} does not exist (validation every "
+        f"config.eval_every={config.eval_every} steps); set it or --config.eval_every=0")
+
+
+class _StopFlag:
+  """SIGTERM/SIGINT handler that only records the signal; the loop saves at the next step boundary.
+
+  A second SIGINT falls through to Python's default (KeyboardInterrupt) for an immediate abort.
+  """
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("received %s: saving a checkpoint at the end of this step",
+                    signal.Signals(signum).name)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def _any_process(flag: bool) -> bool:
+  """True when `flag` is set on any process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _host_scalars(metrics: TrainMetrics) -> dict[str, float]:
+  return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def _check_finite(scalars: dict[str, float], step: int, last_good: int | None, workdir: str):
+  bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+  if bad:
+    where = (f"the last good checkpoint is step {last_good} in {checkpointing.checkpoint_dir(workdir)}"
+             if last_good is not None else "no checkpoint was saved")
+    raise NonFiniteError(
+        f"non-finite training values at or before step {step}: {bad}; stopped without saving "
+        f"this state ({where}). Lower config.optimizer.lr or check the data, then rerun to resume.")
+
+
+def _local_params(params):
+  """The replicated parameters as arrays on one local device (no communication)."""
+  return jax.tree.map(lambda x: x.addressable_data(0), params)
+
+
+class _Validator:
+  """PSNR-Y/SSIM-Y on `config.val` through the eval code path (evaluate.evaluate_sequences)."""
+
+  def __init__(self, config, model):
+    from megan_jax import evaluate, predict  # pylint: disable=import-outside-toplevel
+    from megan_jax.data.pipeline import open_eval_dataset  # pylint: disable=import-outside-toplevel
+    self._evaluate = evaluate.evaluate_sequences
+    self._make_predict_fn = predict.make_predict_fn  # compilations are shared by equal models
+    self._model = model
+    self._sequences = open_eval_dataset(config.val)[:config.val.get("max_clips")]
+    self._num_input_frames = config.data.num_input_frames
+
+  def __call__(self, params) -> dict[str, float]:
+    res = self._evaluate(self._make_predict_fn(self._model, params), self._sequences,
+                         progress=False, desc="val", num_input_frames=self._num_input_frames)
+    return {f"val_{k}": v for k, v in res["mean"].items()}
+
+
+def _make_data_iter(config, per_process_batch: int):
+  from megan_jax.data.pipeline import make_train_iter  # pylint: disable=import-outside-toplevel
+  return make_train_iter(config.data, batch_size=per_process_batch, seed=config.seed,
+                         shard_index=jax.process_index(), shard_count=jax.process_count(),
+                         workers=config.data.workers)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the last
+  logged train scalars; with config.final_eval, also runs evaluate.evaluate on the result."""
+  from megan_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  validate_config(config)
+  is_main = jax.process_index() == 0
+  say = print if is_main else (lambda *a, **k: None)
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P("data"))
+  to_global = lambda x, sharding: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  model = build_model(config.model)
+  tx, schedule = make_optimizer(config)
+  streams = {k: to_global(v, replicated) for k, v in rng_streams(config.seed).items()}
+  n_in, crop = config.data.num_input_frames, config.data.crop
+
+  def init_fn(params_key, lmga_key):
+    x = jnp.zeros((1, n_in, crop, crop, 3), jnp.float32)  # (B, n+1, h, w, 3)
+    params = model.init({"params": params_key, "lmga": lmga_key}, x, train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  abstract = jax.eval_shape(init_fn, streams["params"], streams["lmga_init"])
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sharding)
+  train_step = jax.jit(make_train_step(model, tx, config.loss_eps),
+                       in_shardings=(state_sharding, data_sharding, replicated),
+                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+  per_process_batch = config.batch_size // jax.process_count()
+  data_iter = _make_data_iter(config, per_process_batch)
+  manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints,
+                                       async_save=config.async_checkpointing)
+  last_good = manager.latest_step()
+  if last_good is not None:
+    state = checkpointing.restore(manager, abstract, data_iter, last_good)
+    say(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
+  else:
+    state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
+  start = int(state.step)
+  if is_main:
+    say(parameter_overview.get_parameter_overview(state.params, include_stats=False))
+    say(f"{parameter_overview.count_parameters(state.params):,} parameters; "
+        f"{jax.device_count()} devices, {jax.process_count()} processes; global batch "
+        f"{config.batch_size} of {n_in}x{crop}x{crop} LR clips")
+
+  writer = logging_utils.MetricWriter(workdir, enabled=is_main)
+  progress = logging_utils.Progress(start, config.num_steps, config.batch_size)
+  validator = (_Validator(config, model)
+               if config.eval_every and start < config.num_steps else None)
+  next_batch = lambda: {k: to_global(v, data_sharding)
+                        for k, v in next(data_iter).items() if k in ("lr", "gt")}
+  window, last_logged = None, {}
+  try:
+    with _StopFlag() as stop:
+      batch = next_batch() if start < config.num_steps else None
+      for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
+        state, metrics = train_step(state, batch, streams["lmga"])
+        window = metrics if window is None else window.merge(metrics)
+        is_last = step == config.num_steps
+        is_log = step % config.log_every == 0 or is_last
+        stopping = (_any_process(stop.signum is not None) if is_log or jax.process_count() == 1
+                    else False)
+        val = None
+        if is_log or stopping:
+          scalars = _host_scalars(window)
+          _check_finite(scalars, step, last_good, workdir)
+          window = None
+          speed = progress.update(step)
+          lr = float(schedule(step - 1))
+          last_logged = {**scalars, "lr": lr}
+          writer.write_scalars(step, {**last_logged, **speed})
+          say(progress.line(step, scalars["loss"], lr, speed), flush=True)
+        if validator is not None and (step % config.eval_every == 0 or is_last):
+          val = validator(_local_params(state.params))
+          writer.write_scalars(step, val)
+          say(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
+          if window is not None:
+            _check_finite(_host_scalars(window), step, last_good, workdir)
+          checkpointing.save(manager, step, state, data_iter,
+                             metrics={checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
+          last_good = step
+        if stopping:
+          manager.wait_until_finished()
+          name = signal.Signals(stop.signum).name if stop.signum else "a stop request"
+          raise Interrupted(
+              f"stopped by {name} after step {step}; checkpoint saved in "
+              f"{checkpointing.checkpoint_dir(workdir)}; rerun the same command to resume",
+              stop.signum or signal.SIGTERM)
+        if not is_last:
+          batch = next_batch()
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+  if config.get("final_eval"):
+    from megan_jax import evaluate  # pylint: disable=import-outside-toplevel
+    evaluate.evaluate(config, workdir)
+  return last_logged
