@@ -1,0 +1,124 @@
+"""megan_jax.benchmark: end-to-end on the tiny model, the FLOP plumbing, OOM handling, isolation."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from megan_jax import benchmark
+from megan_jax.models import model_config
+
+RESULT_KEYS = {"mode", "variant", "dtype", "size", "batch", "status", "compile_s", "ms", "times_ms",
+               "items_per_s", "flops", "tflops_per_s", "peak_bytes", "peak_source", "device_kind"}
+
+
+def test_end_to_end_tiny(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  report = benchmark.main(["--variants=tiny", "--mode=all", "--sizes=16x16", "--dtypes=float32",
+                           "--batch=1", "--crop=8", "--warmup=0", "--repeats=2", "--no-isolate",
+                           "--override=use_lmga=false", "--override=attention_impl=full",
+                           f"--json={out}"])
+  saved = json.loads(out.read_text())
+  assert saved["results"] == json.loads(json.dumps(report["results"]))
+  for key in ("command", "date", "jax_version", "device_kind", "platform", "results"):
+    assert saved[key], key
+  assert "--variants=tiny" in saved["command"]
+  assert [(r["mode"], r["size"], r["batch"]) for r in saved["results"]] == [
+      ("infer", "16x16", 1), ("train", "8x8", 1)]
+  for r in saved["results"]:
+    assert RESULT_KEYS <= r.keys() and r["status"] == "ok"
+    assert r["ms"] > 0 and r["compile_s"] > 0 and len(r["times_ms"]) == 2
+    assert r["flops"] > 0 and r["tflops_per_s"] > 0 and r["peak_bytes"] > 0
+  infer, train = saved["results"]
+  assert infer["items_per_s"] == pytest.approx(7 * 1e3 / infer["ms"])   # 7 output frames per window
+  assert train["items_per_s"] == pytest.approx(1 * 1e3 / train["ms"])   # 1 clip per step
+  # A hand-counted floor: the tiny model's 3x3 HR conv (hr_features in and out) at 64x64, 7 frames.
+  hr = model_config("tiny").hr_features
+  assert infer["flops"] > 2 * 64 * 64 * hr * hr * 9 * 7
+  assert "| infer | tiny | float32 | 16x16 | 1 |" in capsys.readouterr().out
+
+
+def test_flops_of_one_conv_match_the_hand_count():
+  h, w, cin, cout = 64, 64, 8, 16
+  conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  args = (jnp.ones((1, h, w, cin)), jnp.ones((3, 3, cin, cout)))
+  result = benchmark.measure(benchmark.Program(conv, args, None, (), items_per_call=1),
+                             warmup=1, repeats=2)
+  expected = 2 * h * w * cin * cout * 9
+  # XLA skips the taps that fall in the zero padding: (1 - 1/64)^2 of the hand count here.
+  assert result["flops"] == pytest.approx(expected, rel=0.03)
+  assert result["tflops_per_s"] == pytest.approx(result["flops"] / result["ms"] / 1e9)
+
+
+def test_flops_only_counts_loops_at_their_trip_count(monkeypatch):
+  def scanned(cell):  # 7 steps of a (B, 8) @ (8, 8) matmul, in a loop; the twin is unrolled
+    x, w = jnp.ones((cell.batch, 8)), jnp.ones((8, 8))
+    loop = lambda unroll: jax.jit(lambda a: jax.lax.scan(
+        lambda c, _: (c @ w, None), a, None, length=7, unroll=unroll)[0])
+    return benchmark.Program(loop(1), (x,), loop(True), (x,), items_per_call=1)
+
+  monkeypatch.setattr(benchmark, "PROGRAMS", {"infer": scanned, "train": scanned})
+  report = benchmark.main(["--variants=tiny", "--mode=infer", "--sizes=4x4", "--infer-batch=3",
+                           "--dtypes=float32", "--flops-only"])
+  [r] = report["results"]
+  assert r["status"] == "flops-only" and r["flops"] == 7 * 2 * 3 * 8 * 8
+
+
+def test_total_flops_accepts_dict_list_and_none():
+  assert benchmark.total_flops({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
+  assert benchmark.total_flops([{"flops": 10.0}, {"flops": 5.0}, {}]) == 15.0
+  assert benchmark.total_flops(None) is None
+  assert benchmark.total_flops([{}]) is None
+
+
+def _fake_programs():
+  def out_of_memory(cell):
+    raise jax.errors.JaxRuntimeError(
+        f"RESOURCE_EXHAUSTED: Out of memory while trying to allocate 99GiB ({cell.name})")
+
+  def small(cell):
+    x = jnp.ones((cell.batch, 8))
+    return benchmark.Program(jax.jit(lambda a: a @ a.T), (x,), None, (), items_per_call=1)
+
+  return {"infer": out_of_memory, "train": small}
+
+
+def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(benchmark, "PROGRAMS", _fake_programs())
+  out, trace = tmp_path / "bench.json", tmp_path / "trace"
+  benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=2", "--crop=8",
+                  "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}", f"--profile={trace}"])
+  infer, train = json.loads(out.read_text())["results"]
+  assert infer["status"] == "OOM" and "RESOURCE_EXHAUSTED" in infer["error"]
+  assert train["status"] == "ok" and train["ms"] > 0
+  assert os.listdir(trace) == ["train-tiny-float32-8x8-b2"]  # profiler trace of the cell that ran
+  top = train["profile_top_ops"]
+  assert top and all(op["ms_per_step"] > 0 and op["hlo_op"] for op in top)
+  assert any("dot" in op["op_name"] for op in top)  # the matmul, named by its JAX op path
+  assert "| infer | tiny | float32 | 16x16 | 1 | OOM |" in capsys.readouterr().out
+
+
+def test_is_oom():
+  assert benchmark.is_oom(MemoryError())
+  assert benchmark.is_oom(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"))
+  assert not benchmark.is_oom(ValueError("frame size 15x16 is not a multiple of 4"))
+
+
+def test_isolated_cell_reports_errors_from_its_subprocess():
+  cell = benchmark.Cell("infer", "tiny", "float32", (8, 8), 1, (("no_such_field", 1),))
+  record = benchmark.run_cell_isolated(cell, warmup=0, repeats=1, profile_dir=None)
+  assert record["status"] == "error" and "no_such_field" in record["error"]
+  assert record["overrides"] == {"no_such_field": 1}
+
+
+def test_bad_flags_name_the_flag():
+  with pytest.raises(SystemExit, match="--variants"):
+    benchmark.main(["--variants=huge", "--no-isolate"])
+  with pytest.raises(SystemExit, match="--sizes"):
+    benchmark.main(["--sizes=15x16", "--no-isolate"])
+  assert benchmark.parse_override("scan_unroll=7") == ("scan_unroll", 7)
+  assert benchmark.parse_override("use_lmga=false") == ("use_lmga", False)
+  assert benchmark.parse_override("attention_impl=cudnn") == ("attention_impl", "cudnn")
