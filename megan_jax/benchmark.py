@@ -187,8 +187,7 @@ def train_program(cell: Cell) -> Program:
   from megan_jax import train  # pylint: disable=import-outside-toplevel
   model, twin = _models(cell)
   tx, _ = train.make_optimizer(_optimizer_config())
-  params = _init_params(cell, model)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = train.new_state(_init_params(cell, model), tx)
   key_lr, key_gt = jax.random.split(jax.random.key(1))
   h, w = cell.size
   batch = {"lr": jax.random.uniform(key_lr, (cell.batch, NUM_INPUT_FRAMES, h, w, 3)),

@@ -78,6 +78,11 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
 
 
+def new_state(params, tx: optax.GradientTransformation) -> TrainState:
+  """Step 0 of a run: the initial parameters and a fresh optimiser state."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
 def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Cosine annealing with warm restarts: each cycle of `opt.cycle_steps` steps goes from
   `opt.lr` to `opt.min_lr` (lr_t = min + (lr - min)(1 + cos(pi t / T)) / 2), then restarts;
@@ -261,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def init_fn(params_key, lmga_key):
     x = jnp.zeros((1, n_in, crop, crop, 3), jnp.float32)  # (B, n+1, h, w, 3)
     params = model.init({"params": params_key, "lmga": lmga_key}, x, train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return new_state(params, tx)
 
   abstract = jax.eval_shape(init_fn, streams["params"], streams["lmga_init"])
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
