@@ -211,14 +211,18 @@ def test_nonlocal_block_runs_on_a_vid4_sized_frame():
   assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
 
 
-def test_global_residual_adds_bicubic_and_blending():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_global_residual_adds_bicubic_and_blending(dtype):
   """With the reconstruction's last conv zeroed the output is exactly the baseline, which away from
-  the borders equals MATLAB bicubic x4 of the inputs and the mean of neighbours in between."""
+  the borders equals MATLAB bicubic x4 of the inputs and the mean of neighbours in between. With
+  bfloat16 compute too: the baseline must see the float32 frames (k/255 is rarely a bfloat16, and
+  rounding the inputs moves the baseline by up to 2e-3)."""
   from megan_jax.data.imresize import imresize_np
   cfg = model_config("tiny")
   cfg.global_residual = True
+  cfg.dtype = dtype
   model = build_model(cfg)
-  x = jax.random.uniform(jax.random.key(3), (1, 3, 8, 8, 3))
+  x = jnp.round(jax.random.uniform(jax.random.key(3), (1, 3, 8, 8, 3)) * 255) / 255  # 8-bit frames
   params = flax.core.unfreeze(jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x))(x))
   last = params["params"]["recon"]["upsampler"]["conv_last"]["Conv_0"]
   last["kernel"], last["bias"] = jnp.zeros_like(last["kernel"]), jnp.zeros_like(last["bias"])

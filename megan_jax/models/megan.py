@@ -63,9 +63,8 @@ class MEGAN(nn.Module):
     if cfg.dtype not in DTYPES:
       raise ValueError(f"model.dtype={cfg.dtype!r}; expected one of {sorted(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
-    x = x.astype(dtype)
 
-    l1 = FrontEnd(cfg, dtype, name="front")(x.reshape(b * t, h, w, 3))  # (B T, H, W, C)
+    l1 = FrontEnd(cfg, dtype, name="front")(x.astype(dtype).reshape(b * t, h, w, 3))  # (B T, H, W, C)
     pyramid = FeaturePyramid(cfg.nf, dtype, name="pyramid")(l1)
     pyramid = tuple(p.reshape((b, t) + p.shape[1:]) for p in pyramid)  # (B, T, H_l, W_l, C) each
     mid = FeatureInterpolation(cfg.nf, cfg.groups, dtype, cfg.deform_impl, name="interp")(pyramid)
@@ -80,7 +79,7 @@ class MEGAN(nn.Module):
                          cfg.hr_features, dtype, name="recon")(feats)
     out = out.astype(jnp.float32)  # (B, 2n+1, 4H, 4W, 3)
     if cfg.global_residual:
-      out = out + upsample_and_blend(x.astype(jnp.float32))
+      out = out + upsample_and_blend(x.astype(jnp.float32))  # unrounded by `dtype`
     return out
 
 
