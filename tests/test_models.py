@@ -189,6 +189,16 @@ def test_nonlocal_block_matches_numpy_reference(impl, chunk):
     np.testing.assert_allclose(y[i], ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,embed", [(jnp.float32, 32), (jnp.bfloat16, 12)])
+def test_cudnn_attention_rejects_what_cudnn_cannot_run(dtype, embed):
+  """cuDNN flash attention has no float32 kernel and needs a head width divisible by 8: the error
+  names the config fields instead of surfacing from inside cuDNN's lowering."""
+  from megan_jax.models.nonlocal_block import attention
+  q = jnp.zeros((1, 16, embed), dtype)
+  with pytest.raises(ValueError, match="model.attention_impl='cudnn' needs model.dtype='bfloat16'"):
+    attention(q, q, q, impl="cudnn", chunk=0)
+
+
 def test_chunked_attention_gradient_matches_full():
   q, k, v = (jax.random.normal(jax.random.key(i), (2, 37, 4)) for i in range(3))
   f_chunk = lambda q, k, v: jnp.sum(jnp.sin(chunked_attention(q, k, v, 8)))

@@ -47,6 +47,12 @@ def attention(q, k, v, *, impl: str, chunk: int):
     return chunked_attention(q, k, v, chunk)
   if impl == "full":
     return full_attention(q, k, v)
+  if impl == "cudnn" and (q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[-1] % 8):
+    # cuDNN's fused attention has no float32 kernel and wants a head width that is a multiple of 8
+    # (jax/_src/cudnn/fused_attention_stablehlo.py, `check_layout` / `check_is_flash_attention`).
+    raise ValueError(f"model.attention_impl='cudnn' needs model.dtype='bfloat16' and "
+                     f"model.nlrb_embed a multiple of 8; got {q.dtype} and {q.shape[-1]}. "
+                     f"Use attention_impl='xla' or 'chunked' otherwise")
   if impl in ("xla", "cudnn"):
     # dot_product_attention wants (B, N, heads, D); the value and key widths must match, which holds
     # here since u, v and g share `embed` channels.
