@@ -25,6 +25,10 @@ else the compiled executable's `memory_analysis()` (arguments + outputs + tempor
 fresh subprocess unless --no-isolate (which reports only the executable's estimate). A cell that runs
 out of memory is recorded as "OOM" and the run goes on.
 
+--json=FILE is rewritten after every cell ("complete": false until the last), so a run killed by a
+time limit keeps what it measured; --time-budget=SECONDS starts no cell that could end past the
+budget (judged by the longest cell so far) and records the rest as "skipped".
+
 --profile=DIR writes a `jax.profiler` trace of 3 more calls of each cell to DIR/<cell> (open it with
 TensorBoard's profile plugin, xprof or ui.perfetto.dev) and prints the ops with the most self time,
 named by their JAX op path (e.g. .../MEGAN/convlstm/.../l1_dcn/gather), into "profile_top_ops".
@@ -444,6 +448,9 @@ def parse_args(argv):
                  help="jax.profiler trace of a few calls per cell, in DIR/<cell>; prints the top ops")
   p.add_argument("--flops-only", action="store_true",
                  help="only count FLOPs (lowers, never compiles or runs: any size works on a CPU)")
+  p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                 help="start no cell that could end past SECONDS after the start (judged by the "
+                      "longest cell so far); the cells left are recorded as 'skipped'")
   p.add_argument("--no-isolate", dest="isolate", action="store_false",
                  help="run every cell in this process (peak memory is then the executable's estimate)")
   p.add_argument("--cell", help=argparse.SUPPRESS)      # internal: one cell as JSON, for isolation
@@ -476,9 +483,37 @@ def main(argv=None) -> dict:
     print("[benchmark] warning: XLA_FLAGS lowers the optimisation level; timings are not "
           "representative", file=sys.stderr)
   load_before = os.getloadavg()[0]
+  date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  start, longest = time.monotonic(), 0.0
   results = []
+
+  def write_report(complete: bool) -> dict:
+    ok = [r for r in results if r["status"] in ("ok", "flops-only")]
+    report = {
+        "command": "python -m megan_jax.benchmark " + shlex.join(argv),
+        "date": date, "complete": complete,
+        "jax_version": jax.__version__, "python": platform.python_version(),
+        "host": platform.node(), "cpu_count": os.cpu_count(),
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "platform": ok[0]["platform"] if ok else None,
+        "device_kind": ok[0]["device_kind"] if ok else None,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "warmup": args.warmup, "repeats": args.repeats, "results": results,
+    }
+    if args.json:  # rewritten after every cell: a run killed mid-way keeps the cells it finished
+      tmp = args.json + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+      os.replace(tmp, args.json)
+    return report
+
   for cell in cells:
-    if args.flops_only:
+    elapsed = time.monotonic() - start
+    if args.time_budget is not None and elapsed + longest > args.time_budget:
+      results.append({**_record(cell), "status": "skipped",
+                      "error": f"--time-budget={args.time_budget:g}s: {elapsed:.0f}s spent and the "
+                               f"longest cell so far took {longest:.0f}s"})
+    elif args.flops_only:
       results.append(run_cell(cell, warmup=0, repeats=0, flops_only=True))
     elif args.isolate:
       results.append(run_cell_isolated(cell, warmup=args.warmup, repeats=args.repeats,
@@ -486,21 +521,9 @@ def main(argv=None) -> dict:
     else:
       results.append(run_cell(cell, warmup=args.warmup, repeats=args.repeats,
                               profile_dir=args.profile, device_peak=False))
-  ok = [r for r in results if r["status"] in ("ok", "flops-only")]
-  report = {
-      "command": "python -m megan_jax.benchmark " + shlex.join(argv),
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "jax_version": jax.__version__, "python": platform.python_version(),
-      "host": platform.node(), "cpu_count": os.cpu_count(),
-      "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-      "platform": ok[0]["platform"] if ok else None,
-      "device_kind": ok[0]["device_kind"] if ok else None,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "warmup": args.warmup, "repeats": args.repeats, "results": results,
-  }
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2)
+    longest = max(longest, time.monotonic() - start - elapsed)
+    write_report(complete=False)
+  report = write_report(complete=True)
   what = ("FLOPs only (lowered, not run)" if args.flops_only else
           f"median of {args.repeats} after {args.warmup} warm-up")
   print(f"\n{report['device_kind']} ({report['platform']}), JAX {report['jax_version']}, "

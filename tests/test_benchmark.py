@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,42 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, ca
   assert top and all(op["ms_per_step"] > 0 and op["hlo_op"] for op in top)
   assert any("dot" in op["op_name"] for op in top)  # the matmul, named by its JAX op path
   assert "| infer | tiny | float32 | 16x16 | 1 | OOM |" in capsys.readouterr().out
+
+
+def test_time_budget_skips_the_cells_that_would_not_fit(tmp_path, monkeypatch, capsys):
+  def slow(cell):
+    time.sleep(0.5)
+    x = jnp.ones((cell.batch, 8))
+    return benchmark.Program(jax.jit(lambda a: a @ a.T), (x,), None, (), items_per_call=1)
+
+  monkeypatch.setattr(benchmark, "PROGRAMS", {"infer": slow, "train": slow})
+  out = tmp_path / "bench.json"
+  benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1", "--crop=8",
+                  "--warmup=0", "--repeats=1", "--no-isolate", "--time-budget=0.8", f"--json={out}"])
+  saved = json.loads(out.read_text())
+  infer, train = saved["results"]
+  assert saved["complete"] and infer["status"] == "ok"
+  assert train["status"] == "skipped" and "--time-budget=0.8s" in train["error"]
+  assert "| train | tiny | float32 | 8x8 | 1 | skipped |" in capsys.readouterr().out
+
+
+def test_json_keeps_the_finished_cells_of_an_interrupted_run(tmp_path, monkeypatch):
+  monkeypatch.setattr(benchmark, "PROGRAMS", _fake_programs())
+  real_run_cell = benchmark.run_cell
+
+  def run_cell(cell, **kwargs):
+    if cell.mode == "train":
+      raise KeyboardInterrupt  # e.g. the job's time limit
+    return real_run_cell(cell, **kwargs)
+
+  monkeypatch.setattr(benchmark, "run_cell", run_cell)
+  out = tmp_path / "bench.json"
+  with pytest.raises(KeyboardInterrupt):
+    benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1",
+                    "--crop=8", "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}"])
+  saved = json.loads(out.read_text())
+  assert not saved["complete"]
+  assert [(r["mode"], r["status"]) for r in saved["results"]] == [("infer", "OOM")]
 
 
 def test_is_oom():
