@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
-from kernels import deform_conv2d, deform_sample
+from kernels import deform_conv2d, deform_conv_pallas, deform_sample
 
 IMPLS = ("jnp", "pallas")
 
@@ -67,22 +69,27 @@ def _inputs(rng, b, h, w, cin, cout, k, groups, stride, padding, dilation, far=T
   return x, offset, mask, weight, bias
 
 
-CASES = [  # (groups, stride, padding, dilation, use_mask, use_bias)
-    (1, 1, 1, 1, True, True),
-    (2, 1, 1, 1, True, False),
-    (4, 1, 0, 1, False, True),
-    (1, 2, 1, 1, True, True),
-    (2, 2, 0, 2, False, False),
-    (4, 1, 1, 2, True, True),
-    (2, 2, 1, 2, True, True),
+CASES = [  # (groups, stride, padding, dilation, use_mask, use_bias, cin); W = 6
+    (1, 1, 1, 1, True, True, 4),
+    (2, 1, 1, 1, True, False, 4),
+    (4, 1, 0, 1, False, True, 4),
+    (1, 2, 1, 1, True, True, 4),
+    (2, 2, 0, 2, False, False, 4),
+    (4, 1, 1, 2, True, True, 4),
+    (2, 2, 1, 2, True, True, 4),
+    # Cin / G not a power of 2 (the Pallas kernel uses 3 of 4, 3 of 4 and 5 of 8 lanes)
+    (2, 1, 1, 1, True, True, 6),
+    (4, 2, 1, 1, True, False, 12),
+    (1, 1, 2, 2, False, True, 5),
 ]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("groups,stride,padding,dilation,use_mask,use_bias", CASES)
-def test_matches_numpy_loop(impl, groups, stride, padding, dilation, use_mask, use_bias):
-  rng = np.random.default_rng(groups * 100 + stride * 10 + padding * 3 + dilation)
-  x, offset, mask, weight, bias = _inputs(rng, 2, 7, 6, 4, 3, 3, groups, stride, padding, dilation)
+@pytest.mark.parametrize("groups,stride,padding,dilation,use_mask,use_bias,cin", CASES)
+def test_matches_numpy_loop(impl, groups, stride, padding, dilation, use_mask, use_bias, cin):
+  rng = np.random.default_rng(groups * 100 + stride * 10 + padding * 3 + dilation + cin * 1000)
+  x, offset, mask, weight, bias = _inputs(rng, 2, 7, 6, cin, 3, 3, groups, stride, padding,
+                                          dilation)
   mask = mask if use_mask else None
   bias = bias if use_bias else None
   want = deform_conv_loop(x, offset, mask, weight, bias, stride, padding, dilation, groups)
@@ -108,6 +115,30 @@ def test_deform_sample_columns(impl):
   px = ox - 1 + j + offset[0, oy, ox, (g * 9 + t) * 2 + 1]
   want = mask[0, oy, ox, g * 9 + t] * _bilinear_loop(x[0, :, :, 2:4], py, px)
   np.testing.assert_allclose(np.asarray(cols[0, oy, ox, t, 2:4]), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_samples_on_and_beyond_the_border(impl):
+  """Positions exactly on the border rows/columns, half a pixel and one pixel beyond them, and
+  far away: each corner outside the 4x5 image contributes zero (the loop's semantics)."""
+  h, w = 4, 5
+  points = [-2.0, -1.0, -0.5, 0.0, 0.25, 2.5, 3.0, 3.5, 4.0, 4.75, 5.0, 9.0]
+  wide = 12 * 16  # the image is widened with zeros to one column per sampled point
+  grid = [(py, px) for py in points for px in points + [wide - 1, wide - 0.5, wide, wide + 3]]
+  x = np.random.default_rng(3).normal(size=(1, h, w, 2))
+  # A 1x1 kernel with padding 0: output (r, c) samples (r + dy, c + dx); every output row samples
+  # the same points, one output column per point.
+  xw = np.concatenate([x, np.zeros((1, h, wide - w, 2))], 2)
+  xw[0, :, -1] = 1.0  # the right border column, so that it is sampled too
+  offset = np.broadcast_to(np.asarray(grid), (1, h, len(grid), 2)).copy()
+  offset[..., 0] -= np.arange(h)[:, None]
+  offset[..., 1] -= np.arange(len(grid))
+  cols = deform_sample(jnp.asarray(xw, jnp.float32), jnp.asarray(offset, jnp.float32),
+                       kernel_size=(1, 1), padding=0, impl=impl)  # (1, H, Wo, 1, 2)
+  want = np.stack([_bilinear_loop(xw[0], py, px) for py, px in grid])
+  for r in range(h):
+    np.testing.assert_allclose(np.asarray(cols[0, r, :, 0]), want, rtol=1e-5, atol=1e-5)
+  assert np.abs(want).sum() > 0 and (np.abs(want).sum(-1) == 0).sum() > 10  # both kinds occur
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -166,13 +197,24 @@ def test_gradients_match_finite_differences(impl, x64):
     np.testing.assert_allclose(np.asarray(g), w, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def test_pallas_matches_jnp_values_and_gradients():
-  rng = np.random.default_rng(5)
-  args = [jnp.asarray(a, jnp.float32) for a in _inputs(rng, 2, 6, 5, 8, 4, 3, 4, 2, 1, 1)]
-  cot = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)
+@pytest.mark.parametrize("b,h,w,cin,groups,stride,max_columns", [
+    (2, 6, 5, 8, 4, 2, None),  # Cg = 2, Wo = 3: one block of BW = 4 columns
+    (1, 5, 10, 6, 2, 1, None),  # Cg = 3 in 4 lanes, Wo = 10: one block of BW = 16 columns
+    (1, 5, 10, 6, 2, 1, 4),  # Wo = 10 in blocks of BW = 4 columns: 4 + 4 + 2 (of 4)
+    (2, 4, 9, 6, 1, 2, 2),  # Cg = 6 in 8 lanes, Wo = 5 in blocks of 2: 2 + 2 + 1 (of 2)
+])
+def test_pallas_matches_jnp_values_and_gradients(b, h, w, cin, groups, stride, max_columns,
+                                                 monkeypatch):
+  if max_columns is not None:
+    monkeypatch.setattr(deform_conv_pallas, "_MAX_COLUMNS", max_columns)
+  rng = np.random.default_rng(5 + cin + w)
+  args = [jnp.asarray(a, jnp.float32)
+          for a in _inputs(rng, b, h, w, cin, 4, 3, groups, stride, 1, 1)]
+  ho, wo = args[1].shape[1:3]
+  cot = jnp.asarray(rng.normal(size=(b, ho, wo, 4)), jnp.float32)
 
   def loss(impl, *a):
-    return jnp.sum(cot * deform_conv2d(*a, stride=2, deformable_groups=4, impl=impl))
+    return jnp.sum(cot * deform_conv2d(*a, stride=stride, deformable_groups=groups, impl=impl))
 
   for use_mask in (True, False):
     a = list(args) if use_mask else [args[0], args[1], None, args[3], args[4]]
@@ -182,6 +224,55 @@ def test_pallas_matches_jnp_values_and_gradients():
     np.testing.assert_allclose(float(vp), float(vj), rtol=1e-5)
     for g_p, g_j in zip(gp, gj):
       np.testing.assert_allclose(np.asarray(g_p), np.asarray(g_j), rtol=1e-4, atol=1e-4)
+
+
+# The custom-call targets of a Pallas Triton kernel in a module lowered for CUDA: jaxlib <= 0.10.2
+# leaves the Triton IR for XLA to compile; later jaxlibs compile it while lowering.
+TRITON_CALL_TARGETS = ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi")
+
+
+def _triton_calls(lowered) -> int:
+  text = lowered.as_text()
+  return sum(text.count(f"custom_call @{name}(") for name in TRITON_CALL_TARGETS)
+
+
+@functools.cache
+def _cuda_triton_unavailable():
+  """Why this jaxlib cannot cross-lower a trivial Pallas Triton kernel for CUDA, or None."""
+  def add_one(x_ref, o_ref):
+    o_ref[...] = x_ref[...] + 1
+
+  f = pl.pallas_call(add_one, out_shape=jax.ShapeDtypeStruct((8,), jnp.float32),
+                     compiler_params=plgpu.CompilerParams(), interpret=False)
+  try:
+    lowered = jax.jit(f).trace(jnp.zeros(8, jnp.float32)).lower(lowering_platforms=("cuda",))
+  except Exception as e:  # any failure here is the jaxlib's, not the kernel's
+    return f"{type(e).__name__}: {e}"
+  return None if _triton_calls(lowered) == 1 else f"none of {TRITON_CALL_TARGETS} in its module"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pallas_lowers_for_cuda_through_triton(stride, dtype):
+  """Cross-lowers (on the CPU) the kernels for CUDA: Wo = 10 or 5 and Cg = 3, not powers of 2.
+
+  This checks that Pallas's Triton backend accepts them (power-of-2 arrays, supported ops); it
+  does not compile them with Triton nor run them, which needs a GPU.
+  """
+  reason = _cuda_triton_unavailable()
+  if reason is not None:
+    pytest.skip(f"this jaxlib cannot cross-lower Pallas Triton kernels for CUDA: {reason}")
+  rng = np.random.default_rng(17)
+  x, offset, mask, _, _ = (jnp.asarray(a, dtype)
+                           for a in _inputs(rng, 2, 5, 10, 6, 1, 3, 2, stride, 1, 1))
+  f = functools.partial(deform_conv_pallas.deform_sample_pallas, kernel_size=(3, 3),
+                        stride=stride, padding=1, dilation=1, deformable_groups=2, interpret=False)
+  fwd = jax.jit(f).trace(x, offset, mask).lower(lowering_platforms=("cuda",))
+  assert _triton_calls(fwd) == 1
+  loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32) ** 2)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, offset, mask).lower(
+      lowering_platforms=("cuda",))
+  assert _triton_calls(grad) == 2  # the forward kernel and the d offset / d mask kernel
 
 
 @pytest.mark.parametrize("impl", IMPLS)
