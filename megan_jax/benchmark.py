@@ -27,7 +27,9 @@ out of memory is recorded as "OOM" and the run goes on.
 
 --json=FILE is rewritten after every cell ("complete": false until the last), so a run killed by a
 time limit keeps what it measured; --time-budget=SECONDS starts no cell that could end past the
-budget (judged by the longest cell so far) and records the rest as "skipped".
+budget (judged by the longest cell so far in this run) and records the rest as "skipped".
+--deadline=UNIX_SECONDS does the same against a wall-clock time, so several runs chained in one
+job share one limit: `END=$(( $(date +%s) + 480 ))`, then `--deadline=$END` on each.
 
 --profile=DIR writes a `jax.profiler` trace of 3 more calls of each cell to DIR/<cell> (open it with
 TensorBoard's profile plugin, xprof or ui.perfetto.dev) and prints the ops with the most self time,
@@ -451,6 +453,9 @@ def parse_args(argv):
   p.add_argument("--time-budget", type=float, metavar="SECONDS",
                  help="start no cell that could end past SECONDS after the start (judged by the "
                       "longest cell so far); the cells left are recorded as 'skipped'")
+  p.add_argument("--deadline", type=float, metavar="UNIX_SECONDS",
+                 help="like --time-budget, but a wall-clock time (seconds since the epoch) that "
+                      "several runs in one job can share")
   p.add_argument("--no-isolate", dest="isolate", action="store_false",
                  help="run every cell in this process (peak memory is then the executable's estimate)")
   p.add_argument("--cell", help=argparse.SUPPRESS)      # internal: one cell as JSON, for isolation
@@ -485,6 +490,11 @@ def main(argv=None) -> dict:
   load_before = os.getloadavg()[0]
   date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
   start, longest = time.monotonic(), 0.0
+  limits = []  # (monotonic time, the flag that set it)
+  if args.time_budget is not None:
+    limits.append((start + args.time_budget, f"--time-budget={args.time_budget:g}s"))
+  if args.deadline is not None:
+    limits.append((start + args.deadline - time.time(), f"--deadline={args.deadline:.0f}"))
   results = []
 
   def write_report(complete: bool) -> dict:
@@ -509,10 +519,10 @@ def main(argv=None) -> dict:
 
   for cell in cells:
     elapsed = time.monotonic() - start
-    if args.time_budget is not None and elapsed + longest > args.time_budget:
+    if over := [flag for limit, flag in limits if start + elapsed + longest > limit]:
       results.append({**_record(cell), "status": "skipped",
-                      "error": f"--time-budget={args.time_budget:g}s: {elapsed:.0f}s spent and the "
-                               f"longest cell so far took {longest:.0f}s"})
+                      "error": f"{over[0]}: {elapsed:.0f}s spent and the longest cell so far "
+                               f"took {longest:.0f}s"})
     elif args.flops_only:
       results.append(run_cell(cell, warmup=0, repeats=0, flops_only=True))
     elif args.isolate:
@@ -526,8 +536,8 @@ def main(argv=None) -> dict:
   report = write_report(complete=True)
   what = ("FLOPs only (lowered, not run)" if args.flops_only else
           f"median of {args.repeats} after {args.warmup} warm-up")
-  print(f"\n{report['device_kind']} ({report['platform']}), JAX {report['jax_version']}, "
-        f"{report['date']}, {what}\n")
+  device = f"{report['device_kind']} ({report['platform']})" if report["platform"] else "no cell ran"
+  print(f"\n{device}, JAX {report['jax_version']}, {report['date']}, {what}\n")
   print(table(results))
   if any(r["status"] == "error" for r in results):
     sys.exit("megan_jax.benchmark: some cells failed (status 'error' above)")

@@ -102,7 +102,8 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, ca
   assert "| infer | tiny | float32 | 16x16 | 1 | OOM |" in capsys.readouterr().out
 
 
-def test_time_budget_skips_the_cells_that_would_not_fit(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("limit", ["time-budget", "deadline"])
+def test_time_limits_skip_the_cells_that_would_not_fit(limit, tmp_path, monkeypatch, capsys):
   def slow(cell):
     time.sleep(0.5)
     x = jnp.ones((cell.batch, 8))
@@ -111,12 +112,22 @@ def test_time_budget_skips_the_cells_that_would_not_fit(tmp_path, monkeypatch, c
   monkeypatch.setattr(benchmark, "PROGRAMS", {"infer": slow, "train": slow})
   out = tmp_path / "bench.json"
   benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1", "--crop=8",
-                  "--warmup=0", "--repeats=1", "--no-isolate", "--time-budget=0.8", f"--json={out}"])
+                  "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}",
+                  "--time-budget=0.8" if limit == "time-budget" else f"--deadline={time.time() + 0.8}"])
   saved = json.loads(out.read_text())
   infer, train = saved["results"]
   assert saved["complete"] and infer["status"] == "ok"
-  assert train["status"] == "skipped" and "--time-budget=0.8s" in train["error"]
+  assert train["status"] == "skipped" and f"--{limit}=" in train["error"]
   assert "| train | tiny | float32 | 8x8 | 1 | skipped |" in capsys.readouterr().out
+
+
+def test_a_passed_deadline_starts_no_cell(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(benchmark, "PROGRAMS", _fake_programs())
+  out = tmp_path / "bench.json"
+  benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1", "--crop=8",
+                  "--no-isolate", f"--deadline={time.time() - 1}", f"--json={out}"])
+  assert [r["status"] for r in json.loads(out.read_text())["results"]] == ["skipped", "skipped"]
+  assert "no cell ran, JAX" in capsys.readouterr().out
 
 
 def test_json_keeps_the_finished_cells_of_an_interrupted_run(tmp_path, monkeypatch):
