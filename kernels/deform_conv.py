@@ -26,15 +26,6 @@ import jax.numpy as jnp
 IMPLS = ("jnp", "pallas")
 
 
-def corner_steps(dtype):
-  """(dy, dx) of the corners q = 0..3: (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
-
-  Built from iota rather than array constants so that Pallas kernels can call it.
-  """
-  q = jnp.arange(4)
-  return (q // 2).astype(dtype), (q % 2).astype(dtype)
-
-
 def _check_int(name: str, value, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ValueError(f"deform_conv2d: {name} must be an int >= {minimum}, got {value!r}")
@@ -93,32 +84,6 @@ def tap_positions(offset, ys, xs, kernel_size, dilation, groups):
   return py, px
 
 
-def bilinear_corners(py, px, height, width, groups):
-  """The four bilinear corners of every sampling position (DCN Eqs. (3)-(4)).
-
-  py, px: (..., G, K). Returns
-    idx: (..., G, K, 4) int32 rows of x viewed as (B, H*W*G, Cin/G), i.e. (y*W + x)*G + g,
-      clipped into the image (an out-of-image corner reads a valid row and gets zero weight);
-    wy, wx: (..., G, K, 4) the separable factors g(q_y, p_y), g(q_x, p_x) of the corner weight;
-    valid: (..., G, K, 4) whether the corner lies inside the image.
-  """
-  y0 = jnp.floor(py)
-  x0 = jnp.floor(px)
-  ly = (py - y0)[..., None]
-  lx = (px - x0)[..., None]
-  step_y, step_x = corner_steps(py.dtype)  # (4,)
-  qy = y0[..., None] + step_y  # (..., G, K, 4)
-  qx = x0[..., None] + step_x
-  wy = jnp.where(step_y > 0, ly, 1 - ly)
-  wx = jnp.where(step_x > 0, lx, 1 - lx)
-  valid = (qy >= 0) & (qy <= height - 1) & (qx >= 0) & (qx <= width - 1)
-  qy = jnp.clip(qy, 0, height - 1).astype(jnp.int32)
-  qx = jnp.clip(qx, 0, width - 1).astype(jnp.int32)
-  g = jnp.arange(groups, dtype=jnp.int32)[:, None, None]  # (G, 1, 1)
-  idx = (qy * width + qx) * groups + g
-  return idx, wy, wx, valid
-
-
 def corner_neighbourhoods(x, groups):
   """Every 2x2 neighbourhood of the zero-padded image, as gather rows.
 
@@ -132,7 +97,8 @@ def corner_neighbourhoods(x, groups):
   return quad.reshape(b, (h + 1) * (w + 1) * groups, 4 * (cin // groups))  # (B, rows, 4*Cg)
 
 
-def _sample_jnp(x, offset, mask, kernel_size, stride, padding, dilation, groups):
+def sample_jnp(x, offset, mask, kernel_size, stride, padding, dilation, groups):
+  """`deform_sample` with impl="jnp", on arguments the caller has validated: (B, Ho, Wo, K, Cin)."""
   b, h, w, cin = x.shape  # (B, H, W, Cin)
   _, ho, wo, _ = offset.shape  # (B, Ho, Wo, 2*G*K)
   k = kernel_size[0] * kernel_size[1]
@@ -187,7 +153,7 @@ def deform_sample(x, offset, mask=None, *, kernel_size, stride=1, padding=1, dil
     return deform_conv_pallas.deform_sample_pallas(
         x, offset, mask, kernel_size=kernel_size, stride=stride, padding=padding,
         dilation=dilation, deformable_groups=deformable_groups)
-  return _sample_jnp(x, offset, mask, kernel_size, stride, padding, dilation, deformable_groups)
+  return sample_jnp(x, offset, mask, kernel_size, stride, padding, dilation, deformable_groups)
 
 
 def deform_conv2d(x, offset, mask, weight, bias=None, *, stride=1, padding=1, dilation=1,

@@ -10,9 +10,10 @@ What is Pallas and what is not:
     re-gathers the four corners v_q and forms <g, v_q>; then d mask = sum_q G_q <g, v_q> and
     d p_y = mask * sum_q (dG_q / dp_y) <g, v_q> (likewise for x) with G_q the bilinear weight of
     DCN Eq. (4). Every program writes only its own columns.
-  * backward, d x: NOT Pallas. It is a jnp scatter-add of mask * G_q * g into the four corners,
-    because corners of different output positions collide, and Pallas programs could only add
-    into them with atomics, whose summation order (hence result) is not deterministic.
+  * backward, d x: NOT Pallas. It is the gradient of the jnp sampling (`sample_jnp`), a
+    scatter-add of mask * G_q * g into the four corners, because corners of different output
+    positions collide, and Pallas programs could only add into them with atomics, whose
+    summation order (hence result) is not deterministic.
 The matmul of deform_conv2d stays in jnp (XLA's dot).
 
 Backend: the kernels are written for Pallas's Triton backend (pallas_call with
@@ -58,7 +59,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.deform_conv import bilinear_corners, tap_positions
+from kernels.deform_conv import sample_jnp, tap_positions
 
 _MAX_COLUMNS = 32  # largest BW, the number of output columns one program handles
 _MAX_TILE = 4096  # largest BW * Cgp, the size of one gathered (BW, Cgp) tile
@@ -123,7 +124,7 @@ def _tap_corners(geom: _Geometry, dy, dx, row, cols, k):
   ly = py - y0
   lx = px - x0
   corners = []
-  for step_y, step_x in ((0, 0), (0, 1), (1, 0), (1, 1)):  # same order as corner_steps
+  for step_y, step_x in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the order of corner_neighbourhoods
     qy = y0 + step_y
     qx = x0 + step_x
     valid = (qy >= 0) & (qy <= geom.height - 1) & (qx >= 0) & (qx <= geom.width - 1)
@@ -241,24 +242,10 @@ def _sample_fwd(geom: _Geometry, x, offset, mask):
 
 
 def _grad_x(geom: _Geometry, x, offset, mask, g):
-  """d x: scatter-add of mask * G_q * g into the four corners (jnp, not Pallas)."""
-  b, h, w, cin = x.shape
-  _, ho, wo, _ = offset.shape
-  k = geom.kernel_size[0] * geom.kernel_size[1]
-  coord = jnp.promote_types(offset.dtype, jnp.float32)
-  ys = jnp.arange(ho, dtype=coord) * geom.stride - geom.padding
-  xs = jnp.arange(wo, dtype=coord) * geom.stride - geom.padding
-  py, px = tap_positions(offset, ys, xs, geom.kernel_size, geom.dilation, geom.groups)
-  idx, wy, wx, valid = bilinear_corners(py, px, h, w, geom.groups)  # (B, Ho, Wo, G, K, 4)
-  weights = jnp.where(valid, wy * wx, 0) * mask.astype(coord).reshape(b, ho, wo, geom.groups, k, 1)
-  acc = jnp.promote_types(x.dtype, coord)
-  g = g.astype(acc).reshape(b, ho, wo, k, geom.groups, -1).transpose(0, 1, 2, 4, 3, 5)
-  contrib = g[..., None, :] * weights.astype(acc)[..., None]  # (B, Ho, Wo, G, K, 4, Cg)
-  cg = cin // geom.groups
-  scatter = jax.vmap(lambda rows, c: jnp.zeros((h * w * geom.groups, cg), acc).at[rows].add(
-      c, mode="promise_in_bounds"))
-  dx = scatter(idx.reshape(b, -1), contrib.reshape(b, -1, cg))  # (B, H*W*G, Cg)
-  return dx.reshape(x.shape).astype(x.dtype)
+  """d x: the transpose of the jnp sampling, i.e. a scatter-add of mask * G_q * g into the corners."""
+  sample = lambda x: sample_jnp(x, offset, mask, geom.kernel_size, geom.stride, geom.padding,
+                                geom.dilation, geom.groups)
+  return jax.vjp(sample, x)[1](g)[0]
 
 
 def _sample_bwd(geom: _Geometry, residuals, g):
