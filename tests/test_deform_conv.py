@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -288,6 +289,18 @@ def test_bfloat16_close_to_float32(impl):
   grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=(0, 1, 2)))(
       *(jnp.asarray(a, jnp.bfloat16) for a in args))
   assert all(g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_backward_keeps_only_the_inputs(impl, capsys):
+  """The sampling is rematerialised: its gradient saves x, offset and mask, not the gathered
+  (B, Ho, Wo, G, K, 4, Cg) corners (9 * 4 times x's size here)."""
+  x, offset, mask = (jnp.ones((1, 6, 7, 8)), jnp.ones((1, 6, 7, 36)), jnp.ones((1, 6, 7, 18)))
+  f = lambda x, o, m: jnp.sum(deform_sample(x, o, m, kernel_size=(3, 3), deformable_groups=2,
+                                            impl=impl))
+  print_saved_residuals(f, x, offset, mask)
+  saved = capsys.readouterr().out.strip().splitlines()
+  assert len(saved) == 3 and all("from the argument" in line for line in saved), saved
 
 
 @pytest.mark.parametrize("impl", IMPLS)
