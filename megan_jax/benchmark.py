@@ -490,11 +490,11 @@ def main(argv=None) -> dict:
   load_before = os.getloadavg()[0]
   date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
   start, longest = time.monotonic(), 0.0
-  limits = []  # (monotonic time, the flag that set it)
+  limits = []  # (seconds after `start`, the flag that set them)
   if args.time_budget is not None:
-    limits.append((start + args.time_budget, f"--time-budget={args.time_budget:g}s"))
+    limits.append((args.time_budget, f"--time-budget={args.time_budget:g}s"))
   if args.deadline is not None:
-    limits.append((start + args.deadline - time.time(), f"--deadline={args.deadline:.0f}"))
+    limits.append((args.deadline - time.time(), f"--deadline={args.deadline:.0f}"))
   results = []
 
   def write_report(complete: bool) -> dict:
@@ -519,7 +519,7 @@ def main(argv=None) -> dict:
 
   for cell in cells:
     elapsed = time.monotonic() - start
-    if over := [flag for limit, flag in limits if start + elapsed + longest > limit]:
+    if over := [flag for limit, flag in limits if elapsed + longest > limit]:
       results.append({**_record(cell), "status": "skipped",
                       "error": f"{over[0]}: {elapsed:.0f}s spent and the longest cell so far "
                                f"took {longest:.0f}s"})
