@@ -5,6 +5,13 @@ optimiser state, step) as an orbax `StandardSave` pytree; `data` is the grain it
 small JSON file per process (grain's own orbax handler), so that a resumed run reads exactly the
 batches an uninterrupted run would have read.
 
+A params-only checkpoint (`save_params`: `state` holds only {"params": ...}, no `data`) is the
+start of a run from given weights: a converted official model (`megan_jax.convert`) or a packaged
+pretrained one. It is always step 0. Evaluation and inference restore its parameters like those of
+any checkpoint; training (`train.train_and_evaluate`) starts from them with a fresh optimiser state,
+step 0 and the data order of `config.seed`, exactly as a run from a random initialisation would,
+and its own checkpoints (steps 1, 2, ...) then supersede it.
+
 Retention is one `CheckpointManager` with one preservation policy: the last `keep` checkpoints
 plus the single best one by validation PSNR-Y (`AnyPreservationPolicy(LatestN, BestN)`); checkpoints
 saved without a validation score count only for "last `keep`". Saves are atomic (orbax writes to a
@@ -73,6 +80,44 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
       state=ocp.args.StandardRestore(abstract_state),
       data=grain.checkpoint.CheckpointRestore(data_iter)))
   return restored["state"]
+
+
+def save_params(workdir: str, params: Any) -> str:
+  """Writes `params` as the params-only checkpoint (step 0) of a new run in `workdir`; returns its
+  directory. Refuses a workdir that already holds checkpoints (it would mix two runs)."""
+  manager = make_manager(workdir, async_save=False)
+  try:
+    if manager.all_steps():
+      raise ValueError(f"workdir {workdir!r} already holds checkpoints (steps "
+                       f"{list(manager.all_steps())}); choose a new --workdir")
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})),
+                 force=True)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+  return os.path.join(checkpoint_dir(workdir), "0")
+
+
+def is_params_only(manager: ocp.CheckpointManager, step: int) -> bool:
+  """True for a checkpoint written by `save_params` (no optimiser state, no data position)."""
+  return "opt_state" not in manager.item_metadata(step)["state"].tree
+
+
+def restore_start_params(manager: ocp.CheckpointManager, abstract_params: Any, step: int) -> Any:
+  """The parameters of params-only checkpoint `step`, with the shardings of `abstract_params`;
+  a ValueError names the parameters whose shapes differ from the model's."""
+  stored = manager.item_metadata(step)["state"].tree["params"]
+  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(v.shape)
+                         for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  want, got = shapes(abstract_params), shapes(stored)
+  if want != got:
+    diff = sorted(set(want.items()) ^ set(got.items()))[:5]
+    raise ValueError(
+        f"{manager.directory}/{step}: its parameters do not fit config.model "
+        f"(use the model config they were made for); first differences (path, shape): {diff}")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore({"params": abstract_params})))
+  return restored["state"]["params"]
 
 
 def _existing_manager(workdir: str) -> ocp.CheckpointManager:
