@@ -68,6 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.datasets = [vimeo_test(s) for s in ("fast", "medium", "slow")]  # Table 1
+  # Table 1 sets by root (megan_jax/data/testsets.py); any of them set replaces `datasets`.
+  c.eval.vid4 = placeholder(str)     # ROOT/{calendar,city,foliage,walk}/*.png
+  c.eval.vimeo = placeholder(str)    # the Vimeo-90K septuplet root: Fast, Medium, Slow
+  c.eval.adobe = placeholder(str)    # ROOT/<clip>/*.png, Adobe240 test clips
   c.eval.step = placeholder(int)     # checkpoint; None: the latest
   c.eval.max_clips = placeholder(int)
   c.eval.batch_size = 1

@@ -15,6 +15,7 @@ import numpy as np
 
 from megan_jax import metrics, report
 from megan_jax.baseline import bicubic_blend_np
+from megan_jax.data import testsets
 from megan_jax.data.imresize import imresize_np
 from megan_jax.data.pipeline import iter_eval_windows, open_eval_dataset
 from megan_jax.predict import restore_predict_fn
@@ -138,16 +139,20 @@ def evaluate(config, workdir: str) -> dict:
   """Evaluates the checkpoint in `workdir` (the latest, or `config.eval.step`) and the baseline.
 
   Reads config.eval: datasets (list of specs, see `data.pipeline.open_eval_dataset`, each with an
-  optional `name`), and optionally step, max_clips, batch_size, tile, tile_overlap, dtype,
-  baseline (bool, default True), save_frames (bool), save_crops (bool, default True), label.
+  optional `name`), replaced by the Table 1 sets in the paper's column order when any of vid4,
+  vimeo, adobe is set (`data.testsets`), and optionally step, max_clips, batch_size, tile,
+  tile_overlap, dtype, baseline (bool, default True), save_frames (bool), save_crops (bool,
+  default True), label.
   Prints the Table 1 style table and writes under `workdir/eval/step_<step>/`:
   `<dataset>/<method>.json` (per-frame, per-clip and mean), `summary.json`, `table.txt`,
   `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`.
   Returns {"step", "dir", "summary": {method: {dataset: mean}}, "results": {dataset: {method: ...}}}.
   """
   ev = config.eval
-  if not ev.get("datasets"):
-    raise ValueError("config.eval.datasets is empty: nothing to evaluate")
+  specs = testsets.table1_specs(ev, config.get("data", {}).get("lr_root")) or ev.get("datasets")
+  if not specs:
+    raise ValueError("config.eval.datasets is empty: nothing to evaluate; set it or "
+                     "--config.eval.vid4/vimeo/adobe=ROOT (Table 1 sets)")
   num_input_frames = config.get("data", {}).get("num_input_frames", 4)
   predict_fn, step = restore_predict_fn(
       config, workdir, step=ev.get("step"), tile=ev.get("tile"),
@@ -159,7 +164,7 @@ def evaluate(config, workdir: str) -> dict:
   out_dir = os.path.join(workdir, "eval", f"step_{step}")
   summary = {m: {} for m in methods}
   results = {}
-  for spec in ev.datasets:
+  for spec in specs:
     name = dataset_name(spec)
     sequences = open_eval_dataset(spec)[:ev.get("max_clips")]
     results[name] = {}

