@@ -32,17 +32,17 @@ def table1_specs(eval_config, lr_root: str | None = None) -> list:
   """Eval specs (see `data.pipeline.open_eval_dataset`) for the sets named by `eval_config.vid4`,
   `.vimeo` and `.adobe`, in Table 1 order; empty when none is set. `lr_root`: a pre-made LR tree
   of the Vimeo septuplets (config.data.lr_root), else the LR frames are computed."""
-  vid4, vimeo, adobe = (eval_config.get(f) for f in LAYOUTS)
-  for field, layout in LAYOUTS.items():
-    root = eval_config.get(field)
+  roots = {field: eval_config.get(field) for field in LAYOUTS}
+  for field, root in roots.items():
     if root and not os.path.exists(root):
-      raise FileNotFoundError(f"config.eval.{field}: {root} does not exist; expected {layout}")
+      raise FileNotFoundError(f"config.eval.{field}: {root} does not exist; expected {LAYOUTS[field]}")
   specs = []
-  if vid4:
-    specs.append(_spec(name=TABLE1[0], kind="folders", root=vid4, names=list(VID4)))
-  if vimeo:
+  if roots["vid4"]:
+    specs.append(_spec(name=TABLE1[0], kind="folders", root=roots["vid4"], names=list(VID4)))
+  if roots["vimeo"]:
     for name, subset in zip(TABLE1[1:4], ("fast", "medium", "slow")):
-      specs.append(_spec(name=name, kind="vimeo", root=vimeo, list_file=subset, lr_root=lr_root))
-  if adobe:
-    specs.append(_spec(name=TABLE1[4], kind="folders", root=adobe))
+      specs.append(_spec(name=name, kind="vimeo", root=roots["vimeo"], list_file=subset,
+                         lr_root=lr_root))
+  if roots["adobe"]:
+    specs.append(_spec(name=TABLE1[4], kind="folders", root=roots["adobe"]))
   return specs
