@@ -162,7 +162,8 @@ def _read_zip(path: str) -> tuple:
                              "members, expected one")
     prefix = pickles[0][:-len("data.pkl")]
     names = set(z.namelist())
-    order = z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names else "little"
+    order = (z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names
+             else "little")
     storages = {}
 
     def persistent_load(pid):

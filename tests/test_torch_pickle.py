@@ -1,4 +1,4 @@
-"""torch_pickle: both torch.save formats read exactly, and every pickle beyond a state_dict refused."""
+"""torch_pickle: both torch.save formats read exactly; any pickle beyond a state_dict refused."""
 
 import os
 import pickle
