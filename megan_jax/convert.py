@@ -239,8 +239,11 @@ def convert(path: str, workdir: str) -> tuple[dict, str]:
 
   Returns (the model fields read off the state_dict, the checkpoint directory written)."""
   tensors = read_state_dict(path)
-  fields = infer_fields(tensors)
-  params = zsm_params(tensors, fields)
+  try:
+    fields = infer_fields(tensors)
+    params = zsm_params(tensors, fields)
+  except ConversionError as e:
+    raise ConversionError(f"{path}: {e}") from None
   return fields, checkpointing.save_params(workdir, params)
 
 
@@ -251,18 +254,30 @@ flags.DEFINE_string("workdir", None, "Run directory to create; must hold no chec
                     required=True)
 
 
-def main(argv):
-  if len(argv) != 2:
-    sys.stderr.write("megan_jax.convert: error: give one CHECKPOINT file (see --help)\n")
-    sys.exit(2)
+def _die(message: str, code: int):
+  sys.stderr.write(f"megan_jax.convert: error: {message}\n")
+  sys.exit(code)
+
+
+def _parse(argv):
+  """absl flag parsing with one-line errors; logs at WARNING unless --verbosity is given."""
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    _die(f"{e} (see --help)", 2)
   if FLAGS["verbosity"].using_default_value:  # absl would log at INFO; orbax logs every step
     FLAGS.verbosity = logging.WARNING
+  return rest
+
+
+def main(argv):
+  if len(argv) != 2:
+    _die(f"give one CHECKPOINT file, got {argv[1:]} (see --help)", 2)
   path, workdir = argv[1], FLAGS.workdir
   try:
     fields, written = convert(path, workdir)
   except (ValueError, FileNotFoundError) as e:
-    sys.stderr.write(f"megan_jax.convert: error: {e}\n")
-    sys.exit(1)
+    _die(str(e), 1)
   extra = " ".join(overrides(fields))
   print(f"{path}: Zooming Slow-Mo with {', '.join(f'{k}={v}' for k, v in fields.items())}\n"
         f"wrote the step-0 checkpoint {written}; evaluate it with\n"
@@ -271,4 +286,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse)

@@ -184,7 +184,12 @@ def _read_zip(path: str) -> tuple:
 def _read_legacy(path: str) -> tuple:
   """(object, {key: raw bytes}, "little") of a legacy-format file."""
   with open(path, "rb") as f:
-    magic = _unpickle(f, _no_storages)
+    try:
+      magic = _unpickle(f, _no_storages)
+    except UnsafePickleError:
+      raise
+    except TorchFormatError as e:
+      raise TorchFormatError(f"not a torch.save file: neither a zip archive nor a pickle ({e})")
     if magic != LEGACY_MAGIC:
       raise TorchFormatError("a pickle but not a torch.save file (no torch magic number)")
     protocol = _unpickle(f, _no_storages)
