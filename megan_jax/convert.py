@@ -162,7 +162,7 @@ def _anchor(tensors: dict, name: str, field: str) -> np.ndarray:
 
 
 def infer_fields(tensors: dict) -> dict:
-  """The architecture fields (MODEL_FIELDS) that an official state_dict determines."""
+  """model.nf, groups, front_rbs, back_rbs and hr_features as an official state_dict has them."""
   offsets = _anchor(tensors, "pcd_align.L1_dcnpack_1.conv_offset_mask.weight", "groups").shape[0]
   if offsets % (3 * TAPS):
     raise ConversionError(f"pcd_align.L1_dcnpack_1.conv_offset_mask.weight has {offsets} rows, "
