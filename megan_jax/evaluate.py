@@ -149,7 +149,8 @@ def evaluate(config, workdir: str) -> dict:
   baseline (bool, default True), save_frames (bool), save_crops (bool, default True), label.
   Prints the Table 1 style table and writes under `workdir/eval/step_<step>/`:
   `<dataset>/<method>.json` (per-frame, per-clip and mean), `summary.json`, `table.txt`,
-  `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`.
+  `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`;
+  then prints a `wrote PATH (what)` line for each.
   Returns {"step", "dir", "summary": {method: {dataset: mean}}, "results": {dataset: {method: ...}}}.
   """
   ev = config.eval

@@ -87,8 +87,10 @@ def _count(n: int, noun: str) -> str:
 
 def written(workdir: str, steps) -> list[tuple[str, str]]:
   """What a training run leaves in `workdir`, as [(path, what)] for `report.wrote_lines`."""
+  steps = list(steps)
   return [(checkpointing.checkpoint_dir(workdir),
-           f"checkpoints of steps {', '.join(map(str, steps))}"),
+           f"checkpoint{'s' if len(steps) > 1 else ''} of step{'s' if len(steps) > 1 else ''} "
+           f"{', '.join(map(str, steps))}"),
           (os.path.join(workdir, JSONL_NAME), "training log, one JSON record per logged step"),
           (os.path.join(workdir, TENSORBOARD_DIR), "the same log as TensorBoard events"),
           (os.path.join(workdir, "config.json"), "the config of the run"),

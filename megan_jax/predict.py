@@ -126,7 +126,7 @@ class Predictor:
     if key in self._jit.input_shapes:
       return self._run(lr)
     b, t, h, w, _ = np.shape(lr)  # (B, n+1, h, w, 3)
-    with progress.compiling(f"the model for {b}x{t} LR frames of {w}x{h}"):
+    with progress.compiling(f"the model for {t} LR frames of {w}x{h}, batch {b}"):
       out = self._run(lr)
     self._jit.input_shapes.add(key)
     return out

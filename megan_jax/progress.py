@@ -12,6 +12,7 @@ import math
 import sys
 import time
 
+import jax
 import tqdm
 
 TERMINAL_INTERVAL = 0.5  # seconds between bar refreshes on a terminal
@@ -29,9 +30,10 @@ def format_duration(seconds: float) -> str:
 
 
 def note(message: str) -> None:
-  """Prints a line on stdout above any active bar."""
-  tqdm.tqdm.write(message, file=sys.stdout)
-  sys.stdout.flush()
+  """Prints a line on stdout above any active bar (on process 0 only)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 @contextlib.contextmanager

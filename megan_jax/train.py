@@ -8,7 +8,6 @@ per-step key is `fold_in(key, step)`, so a run stopped and resumed from its chec
 the grain iterator position too) ends bit-identical to an uninterrupted one on the CPU.
 """
 
-import contextlib
 import math
 import os
 import signal
@@ -252,7 +251,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   validate_config(config)
   is_main = jax.process_index() == 0
-  say = progress.note if is_main else (lambda *a, **k: None)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
@@ -288,12 +286,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_good = manager.latest_step()
   if last_good is not None:
     state = checkpointing.restore(manager, abstract, data_iter, last_good)
-    say(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
+    progress.note(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
   else:
     state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
   start = int(state.step)
   if is_main:
-    say(logging_utils.run_summary(state.params, workdir, config))
+    progress.note(logging_utils.run_summary(state.params, workdir, config))
 
   writer = logging_utils.MetricWriter(workdir, enabled=is_main)
   validator = (_Validator(config, model)
@@ -306,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = next_batch() if start < config.num_steps else None
       for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
         if bar is None:  # the first step compiles: rates and ETAs count from its end
-          with progress.compiling("the train step") if is_main else contextlib.nullcontext():
+          with progress.compiling("the train step"):
             state, metrics = jax.block_until_ready(train_step(state, batch, streams["lmga"]))
           # on a terminal; in a file the log lines say the same
           bar = progress.bar(config.num_steps, "train", unit="step", initial=step,
@@ -328,11 +326,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           last_logged = {**scalars, "lr": lr}
           speed = _speed(bar, config.batch_size)
           writer.write_scalars(step, {**last_logged, **speed})
-          say(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
+          progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
         if validator is not None and (step % config.eval_every == 0 or is_last):
           val = validator(_local_params(state.params))
           writer.write_scalars(step, val)
-          say(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+          progress.note(f"step {step} validation: " +
+                        ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
           if window is not None:
             _check_finite(_host_scalars(window), step, last_good, workdir)
@@ -356,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.wait_until_finished()
     manager.close()
     writer.close()
-  say(report.wrote_lines(logging_utils.written(workdir, saved)))
+  progress.note(report.wrote_lines(logging_utils.written(workdir, saved)))
 
   if config.get("final_eval"):
     evaluate.evaluate(config, workdir)
