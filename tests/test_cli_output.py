@@ -11,8 +11,8 @@ import ml_collections
 import train_fakes
 from megan_jax import checkpointing, logging_utils
 
-# The toy model's parameters, by hand: Conv_0 3x3 from 3 to 8 channels, Conv_1 3x3 from the 4 frames'
-# 4 * 8 channels to the 7 frames' 7 * 3 * 16 pixel-shuffle channels, each with a bias.
+# The toy model's parameters, by hand: Conv_0 3x3 from 3 to 8 channels, Conv_1 3x3 from the 4
+# frames' 4 * 8 channels to the 7 frames' 7 * 3 * 16 pixel-shuffle channels, each with a bias.
 TOY_PARAMS = {"Conv_0": 3 * 3 * 3 * 8 + 8, "Conv_1": 3 * 3 * 32 * 336 + 336}
 
 
