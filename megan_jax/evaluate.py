@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from megan_jax import metrics, report
+from megan_jax.progress import bar as progress_bar
 from megan_jax.baseline import bicubic_blend_np
 from megan_jax.data import testsets
 from megan_jax.data.imresize import imresize_np
@@ -62,9 +63,10 @@ def evaluate_sequences(predict_fn, sequences, *, num_input_frames: int = 4,
   if not sequences:
     raise ValueError(f"{desc}: no sequences to evaluate")
   scores = {id(seq): {} for seq in sequences}  # frame index -> metrics
-  bar = report.Progress(sum(s.num_frames for s in sequences), desc, enabled=progress)
+  bar = None
   for batch in _batches(sequences, num_input_frames, batch_size):
     out = predict_fn(np.stack([win["lr"] for _, win in batch]))  # (B, 2n+1, 4h, 4w, 3)
+    done = 0
     for (seq, win), pred in zip(batch, np.asarray(out)):
       if pred.shape != win["gt"].shape:
         raise ValueError(f"{desc}/{seq.name}: prediction {pred.shape} != GT {win['gt'].shape}")
@@ -77,7 +79,12 @@ def evaluate_sequences(predict_fn, sequences, *, num_input_frames: int = 4,
         scores[id(seq)][index] = {k: fn(frame, gt) for k, fn in METRICS.items()}
         if save_dir is not None:
           report.save_png(os.path.join(save_dir, seq.name, f"{index:05d}.png"), frame)
-        bar.update()
+        done += 1
+    if bar is None:  # after the first batch, which compiles: rate and ETA count from here
+      bar = progress_bar(sum(s.num_frames for s in sequences), desc, unit="frame", initial=done,
+                         shown=progress)
+    else:
+      bar.update(done)
   bar.close()
   clips = []
   for seq in sequences:
@@ -145,7 +152,8 @@ def evaluate(config, workdir: str) -> dict:
   default True), label.
   Prints the Table 1 style table and writes under `workdir/eval/step_<step>/`:
   `<dataset>/<method>.json` (per-frame, per-clip and mean), `summary.json`, `table.txt`,
-  `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`.
+  `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`;
+  then prints a `wrote PATH (what)` line for each.
   Returns {"step", "dir", "summary": {method: {dataset: mean}}, "results": {dataset: {method: ...}}}.
   """
   ev = config.eval
@@ -163,7 +171,7 @@ def evaluate(config, workdir: str) -> dict:
     methods[BASELINE] = baseline_predict_fn
   out_dir = os.path.join(workdir, "eval", f"step_{step}")
   summary = {m: {} for m in methods}
-  results = {}
+  results, wrote = {}, []  # wrote: (path, what)
   for spec in specs:
     name = dataset_name(spec)
     sequences = open_eval_dataset(spec)[:ev.get("max_clips")]
@@ -175,17 +183,25 @@ def evaluate(config, workdir: str) -> dict:
                                batch_size=option(ev, "batch_size", 1),
                                progress=option(ev, "progress", True), desc=f"{name} {method}",
                                save_dir=frames_dir)
-      report.write_json(os.path.join(out_dir, _slug(name), f"{_slug(method)}.json"),
-                        {"dataset": name, "method": method, "step": step, **res})
+      wrote.append((report.write_json(os.path.join(out_dir, _slug(name), f"{_slug(method)}.json"),
+                                      {"dataset": name, "method": method, "step": step, **res}),
+                    f"{method} scores per frame and clip"))
+      if frames_dir is not None:
+        wrote.append((frames_dir, f"{method} output frames"))
       results[name][method] = res
       summary[method][name] = res["mean"]
     if option(ev, "save_crops", True):
-      save_comparison(os.path.join(out_dir, _slug(name), "comparison.png"), sequences[0],
-                      {m: methods[m] for m in reversed(methods)},
-                      num_input_frames=num_input_frames)
+      wrote.append((save_comparison(os.path.join(out_dir, _slug(name), "comparison.png"),
+                                    sequences[0], {m: methods[m] for m in reversed(methods)},
+                                    num_input_frames=num_input_frames),
+                    f"{name} side-by-side crops"))
   table = report.results_table(summary)
   print(f"step {step}: PSNR-Y/SSIM-Y\n{table}", end="")
-  report.write_text(os.path.join(out_dir, "table.txt"), table)
-  report.write_text(os.path.join(out_dir, "table.md"), report.results_table(summary, markdown=True))
-  report.write_json(os.path.join(out_dir, "summary.json"), {"step": step, "summary": summary})
+  wrote += [
+      (report.write_text(os.path.join(out_dir, "table.txt"), table), "this table"),
+      (report.write_text(os.path.join(out_dir, "table.md"),
+                         report.results_table(summary, markdown=True)), "this table in Markdown"),
+      (report.write_json(os.path.join(out_dir, "summary.json"), {"step": step, "summary": summary}),
+       "the mean scores")]
+  print(report.wrote_lines(wrote), flush=True)
   return {"step": step, "dir": out_dir, "summary": summary, "results": results}

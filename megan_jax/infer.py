@@ -30,6 +30,7 @@ from megan_jax.data.sources import (VIDEO_EXTENSIONS, DataError, FrameFolderSequ
                                     VideoSequence)
 from megan_jax.evaluate import option
 from megan_jax.predict import restore_predict_fn
+from megan_jax.progress import bar as progress_bar
 
 OUTPUT_VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
 DEFAULT_FOLDER_FPS = 30
@@ -59,16 +60,26 @@ def infer_windows(num_frames: int, num_input_frames: int = 4) -> list[tuple[tupl
 
 
 def upscale_frames(predict_fn, sequence, *, num_input_frames: int = 4, progress: bool = True):
-  """Yields the 2N - 1 output frames of `sequence` in order, uint8 (4H, 4W, 3)."""
+  """Yields the 2N - 1 output frames of `sequence` in order, uint8 (4H, 4W, 3).
+
+  The progress bar starts after the first window, which compiles: its rate and ETA count from there.
+  """
   plan = infer_windows(sequence.num_frames, num_input_frames)
-  with report.Progress(2 * sequence.num_frames - 1, f"infer {sequence.name}",
-                       enabled=progress) as bar:
+  bar = None
+  try:
     for inputs, lo, hi in plan:
       lr = sequence.read(inputs).astype(np.float32) / np.float32(255)  # (n+1, H, W, 3)
       out = np.asarray(predict_fn(lr[None]))[0]  # (2n+1, 4H, 4W, 3)
       for frame in out[lo:hi]:
         yield metrics.to_uint8(frame)
-        bar.update()
+      if bar is None:
+        bar = progress_bar(2 * sequence.num_frames - 1, f"infer {sequence.name}", unit="frame",
+                           initial=hi - lo, shown=progress)
+      else:
+        bar.update(hi - lo)
+  finally:
+    if bar is not None:
+      bar.close()
 
 
 def _codec() -> str:
@@ -134,7 +145,8 @@ def open_source(path: str, fps=None):
 
 
 def infer(config, workdir: str) -> str:
-  """Upscales `config.infer.input` with the checkpoint in `workdir`; returns the output path."""
+  """Upscales `config.infer.input` with the checkpoint in `workdir`, prints what it wrote and
+  returns the output path."""
   ic = config.infer
   sequence, rate = open_source(ic.get("input"), ic.get("fps"))
   output = ic.get("output") or os.path.join(workdir, "infer", f"{sequence.name}_x4_2x.mp4")
@@ -149,7 +161,12 @@ def infer(config, workdir: str) -> str:
                           num_input_frames=config.get("data", {}).get("num_input_frames", 4),
                           progress=option(ic, "progress", True))
   if is_video:
-    write_video(frames, output, 2 * rate)
+    count = write_video(frames, output, 2 * rate)
+    what = f"{count} frames at {float(2 * rate):.4g} fps"
   else:
-    write_pngs(frames, output)
+    count = write_pngs(frames, output)
+    what = f"{count} PNG frames"
+  h, w = sequence.read([0]).shape[1:3]
+  print(report.wrote_lines([(output, f"{what}, {4 * w}x{4 * h}, from {sequence.num_frames} "
+                                     f"frames of {w}x{h}")]), flush=True)
   return output

@@ -1,4 +1,4 @@
-"""Run logs: a JSON-lines file, TensorBoard event files and a one-line progress report.
+"""Run logs: a JSON-lines file, TensorBoard event files, the startup summary and closing lines.
 
 TensorBoard files are written with tensorboardX (protobuf only, no TensorFlow or PyTorch import),
 because clu.metric_writers imports TensorFlow. Only process 0 writes; the other processes get a
@@ -6,14 +6,19 @@ writer whose methods do nothing, so callers need no `if jax.process_index() == 0
 """
 
 import json
-import math
 import os
 import time
 
+import jax
+import numpy as np
 import tensorboardX
+from clu import parameter_overview
+
+from megan_jax import checkpointing
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+PARAMETERS_NAME = "parameters.txt"
 
 
 class MetricWriter:
@@ -53,31 +58,40 @@ def read_jsonl(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def format_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(round(seconds))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+def run_summary(params, workdir: str, config) -> str:
+  """The startup summary: parameters per top-level module, devices, batch and workdir.
+
+  Writes the full parameter table (clu's parameter overview) to WORKDIR/parameters.txt.
+  """
+  path = os.path.join(os.path.abspath(workdir), PARAMETERS_NAME)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+  counts = {name: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(sub))
+            for name, sub in params.items()}
+  devices = jax.devices()
+  kinds = ", ".join(sorted({d.device_kind for d in devices}))
+  n_in, crop = config.data.num_input_frames, config.data.crop
+  return "\n".join([
+      f"workdir {os.path.abspath(workdir)}",
+      f"model {config.model.get('name', '')}: {sum(counts.values()):,} parameters (" +
+      ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f"); full table in {path}",
+      f"{_count(len(devices), 'device')} ({kinds}), {_count(jax.process_count(), 'process')}; "
+      f"global batch "
+      f"{config.batch_size} of {n_in}x{crop}x{crop} LR clips "
+      f"({config.batch_size // len(devices)} per device)"])
 
 
-class Progress:
-  """Throughput and ETA between consecutive log steps (the first interval includes compilation)."""
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
 
-  def __init__(self, start_step: int, num_steps: int, batch_size: int):
-    self.num_steps, self.batch_size = num_steps, batch_size
-    self._step, self._time = start_step, time.perf_counter()
 
-  def update(self, step: int) -> dict[str, float]:
-    """Returns {"steps_per_sec", "clips_per_sec", "eta_sec"} since the previous call."""
-    now = time.perf_counter()
-    rate = (step - self._step) / max(now - self._time, 1e-9)
-    self._step, self._time = step, now
-    return {"steps_per_sec": rate, "clips_per_sec": rate * self.batch_size,
-            "eta_sec": (self.num_steps - step) / rate if rate > 0 else math.inf}
-
-  def line(self, step: int, loss: float, lr: float, speed: dict[str, float]) -> str:
-    return (f"step {step}/{self.num_steps} | loss {loss:.5f} | lr {lr:.3g} | "
-            f"{speed['steps_per_sec']:.2f} steps/s | {speed['clips_per_sec']:.1f} clips/s | "
-            f"ETA {format_duration(speed['eta_sec'])}")
+def written(workdir: str, steps) -> list[tuple[str, str]]:
+  """What a training run leaves in `workdir`, as [(path, what)] for `report.wrote_lines`."""
+  steps = list(steps)
+  return [(checkpointing.checkpoint_dir(workdir),
+           f"checkpoint{'s' if len(steps) > 1 else ''} of step{'s' if len(steps) > 1 else ''} "
+           f"{', '.join(map(str, steps))}"),
+          (os.path.join(workdir, JSONL_NAME), "training log, one JSON record per logged step"),
+          (os.path.join(workdir, TENSORBOARD_DIR), "the same log as TensorBoard events"),
+          (os.path.join(workdir, "config.json"), "the config of the run"),
+          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")]

@@ -1,16 +1,29 @@
 r"""Train, evaluate or upscale: python -m megan_jax.main --config=configs/vimeo.py --workdir=DIR
-[--mode=train|eval|infer] [--config.field=value ...]. Training resumes from DIR's checkpoint."""
+[--mode=train|eval|infer] [--config.field=value ...]. Training resumes from DIR's checkpoint.
+--mode=config lists every config field with its value and a description (no --workdir needed)."""
 
 import importlib.util
+import os
 import re
 import sys
+
+# XLA's C++ log shows only FATAL messages: on a CPU its "Very slow compile?" alarm (an ERROR after
+# two minutes of compiling) is expected and reads as a failure. TF_CPP_MIN_LOG_LEVEL=0 shows it all.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.", required=True)
-flags.DEFINE_enum("mode", "train", ["train", "eval", "infer"], "What to run.")
-config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
+from megan_jax import config_doc
+
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results (required "
+                    "except with --mode=config).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "config"],
+                  "What to run; `config` lists the config fields (--config.<field>=value), "
+                  "their values and descriptions, and exits.")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (path[:arg]); its fields are set with --config.<field>=value and "
+    "listed, with descriptions, by --mode=config.", lock_config=True)
 FLAGS = flags.FLAGS
 
 
@@ -65,8 +78,14 @@ def _parse(argv):
 def main(argv):
   if len(argv) > 1:
     _die(f"unexpected arguments {argv[1:]}")
-  from megan_jax import evaluate, infer, train  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
+  if FLAGS.mode == "config":
+    print(config_doc.listing(config, FLAGS["config"].config_filename))
+    return
+  if not FLAGS.workdir:
+    _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
+         f"results)")
+  from megan_jax import evaluate, infer, train  # pylint: disable=import-outside-toplevel
   train.setup_runtime(config)
   try:
     if FLAGS.mode == "train":
@@ -74,7 +93,7 @@ def main(argv):
     elif FLAGS.mode == "eval":
       evaluate.evaluate(config, FLAGS.workdir)
     else:
-      print(infer.infer(config, FLAGS.workdir))
+      infer.infer(config, FLAGS.workdir)
   except train.Interrupted as e:
     _die(str(e), e.exit_code)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad config, data or numbers

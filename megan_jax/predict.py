@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from megan_jax import checkpointing
+from megan_jax import checkpointing, progress
 from megan_jax.models import build_model
 
 SCALE = 4     # spatial upscaling factor of the model
@@ -61,6 +61,7 @@ class _Compiled:
   def __init__(self, model, dtype):
     self.model, self.dtype = model, dtype
     self.num_traces = 0
+    self.input_shapes = set()  # (shape, tile) of the calls made so far
     self.forward = jax.jit(self._forward)
     self.pad_forward = jax.jit(self._pad_forward)
 
@@ -121,6 +122,16 @@ class Predictor:
   def __call__(self, lr) -> np.ndarray:
     if np.ndim(lr) != 5 or np.shape(lr)[-1] != 3:
       raise ValueError(f"predict: expected LR frames (B, n+1, h, w, 3), got shape {np.shape(lr)}")
+    key = (np.shape(lr), self.tile)
+    if key in self._jit.input_shapes:
+      return self._run(lr)
+    b, t, h, w, _ = np.shape(lr)  # (B, n+1, h, w, 3)
+    with progress.compiling(f"the model for {t} LR frames of {w}x{h}, batch {b}"):
+      out = self._run(lr)
+    self._jit.input_shapes.add(key)
+    return out
+
+  def _run(self, lr) -> np.ndarray:
     if self.tile is None:
       return np.asarray(self._jit.pad_forward(self.variables, jnp.asarray(lr, jnp.float32)))
     return self._tiled(np.asarray(lr, np.float32))

@@ -1,10 +1,7 @@
-"""Reporting: the Table 1 style results table, JSON files, side-by-side PNG crops, progress line."""
+"""Reporting: the Table 1 style results table, JSON files, side-by-side PNG crops, "wrote" lines."""
 
 import json
-import math
 import os
-import sys
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -108,40 +105,8 @@ def side_by_side(panels: list, path: str, *, box=None, zoom: int = 1, gap: int =
   return path
 
 
-class Progress:
-  """A one-line progress bar on stderr: `desc [#####.....] done/total  rate/s  eta`."""
-
-  def __init__(self, total: int, desc: str = "", *, enabled: bool = True, stream=None,
-               min_interval: float = 0.5):
-    self.total, self.desc, self.enabled = total, desc, enabled
-    self.stream = stream or sys.stderr
-    self.done, self.start, self.min_interval = 0, time.monotonic(), min_interval
-    self._last = -math.inf
-
-  def update(self, n: int = 1) -> None:
-    self.done += n
-    now = time.monotonic()
-    if self.enabled and (now - self._last >= self.min_interval or self.done >= self.total):
-      self._last = now
-      self.stream.write("\r" + self._line(now))
-      self.stream.flush()
-
-  def _line(self, now: float) -> str:
-    elapsed = max(now - self.start, 1e-9)
-    rate = self.done / elapsed
-    frac = min(self.done / self.total, 1.0) if self.total else 1.0
-    bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-    eta = (self.total - self.done) / rate if rate > 0 else math.inf
-    eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-    return f"{self.desc} [{bar}] {self.done}/{self.total}  {rate:.2f}/s  eta {eta_s}  "
-
-  def close(self) -> None:
-    if self.enabled:
-      self.stream.write("\r" + self._line(time.monotonic()) + "\n")
-      self.stream.flush()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
+def wrote_lines(wrote) -> str:
+  """`wrote PATH  (what)` lines for [(path, what), ...], paths absolute and aligned."""
+  paths = [os.path.abspath(p) for p, _ in wrote]
+  width = max(map(len, paths))
+  return "\n".join(f"wrote {p:<{width}}  ({what})" for p, (_, what) in zip(paths, wrote))

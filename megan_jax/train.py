@@ -11,6 +11,7 @@ the grain iterator position too) ends bit-identical to an uninterrupted one on t
 import math
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -22,12 +23,13 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metrics as clu_metrics
-from clu import parameter_overview
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from megan_jax import checkpointing, logging_utils
+from megan_jax import checkpointing, evaluate, logging_utils, predict, progress, report
+from megan_jax.data.pipeline import make_train_iter, open_eval_dataset
 from megan_jax.losses import charbonnier
+from megan_jax.models import build_model
 
 SCALE = 4
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -220,34 +222,35 @@ class _Validator:
   """PSNR-Y/SSIM-Y on `config.val` through the eval code path (evaluate.evaluate_sequences)."""
 
   def __init__(self, config, model):
-    from megan_jax import evaluate, predict  # pylint: disable=import-outside-toplevel
-    from megan_jax.data.pipeline import open_eval_dataset  # pylint: disable=import-outside-toplevel
-    self._evaluate = evaluate.evaluate_sequences
-    self._make_predict_fn = predict.make_predict_fn  # compilations are shared by equal models
     self._model = model
     self._sequences = open_eval_dataset(config.val)[:config.val.get("max_clips")]
     self._num_input_frames = config.data.num_input_frames
 
   def __call__(self, params) -> dict[str, float]:
-    res = self._evaluate(self._make_predict_fn(self._model, params), self._sequences,
-                         progress=False, desc="val", num_input_frames=self._num_input_frames)
+    # predict fns of one model share their compilations
+    res = evaluate.evaluate_sequences(predict.make_predict_fn(self._model, params), self._sequences,
+                                      progress=False, desc="val",
+                                      num_input_frames=self._num_input_frames)
     return {f"val_{k}": v for k, v in res["mean"].items()}
 
 
 def _make_data_iter(config, per_process_batch: int):
-  from megan_jax.data.pipeline import make_train_iter  # pylint: disable=import-outside-toplevel
   return make_train_iter(config.data, batch_size=per_process_batch, seed=config.seed,
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          workers=config.data.workers)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       model=None) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the last
-  logged train scalars; with config.final_eval, also runs evaluate.evaluate on the result."""
-  from megan_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  logged train scalars; with config.final_eval, also runs evaluate.evaluate on the result.
+
+  `model` replaces `build_model(config.model)` (tests pass a toy model with MEGAN's interface).
+  Prints a summary (parameters per top-level module, devices, batch, workdir), the compile time
+  of the train step, a log line every config.log_every steps and, at the end, what was written.
+  """
   validate_config(config)
   is_main = jax.process_index() == 0
-  say = print if is_main else (lambda *a, **k: None)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
@@ -258,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_sharding = NamedSharding(mesh, P("data"))
   to_global = lambda x, sharding: jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
-  model = build_model(config.model)
+  model = build_model(config.model) if model is None else model
   tx, schedule = make_optimizer(config)
   streams = {k: to_global(v, replicated) for k, v in rng_streams(config.seed).items()}
   n_in, crop = config.data.num_input_frames, config.data.crop
@@ -288,28 +291,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         " with a fresh optimiser state and data order")
   elif last_good is not None:
     state = checkpointing.restore(manager, abstract, data_iter, last_good)
-    say(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
+    progress.note(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
   else:
     state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
   start = int(state.step)
   if is_main:
-    say(parameter_overview.get_parameter_overview(state.params, include_stats=False))
-    say(f"{parameter_overview.count_parameters(state.params):,} parameters; "
-        f"{jax.device_count()} devices, {jax.process_count()} processes; global batch "
-        f"{config.batch_size} of {n_in}x{crop}x{crop} LR clips")
+    progress.note(logging_utils.run_summary(state.params, workdir, config))
 
   writer = logging_utils.MetricWriter(workdir, enabled=is_main)
-  progress = logging_utils.Progress(start, config.num_steps, config.batch_size)
   validator = (_Validator(config, model)
                if config.eval_every and start < config.num_steps else None)
   next_batch = lambda: {k: to_global(v, data_sharding)
                         for k, v in next(data_iter).items() if k in ("lr", "gt")}
-  window, last_logged = None, {}
+  window, last_logged, bar = None, {}, None
   try:
     with _StopFlag() as stop:
       batch = next_batch() if start < config.num_steps else None
       for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
-        state, metrics = train_step(state, batch, streams["lmga"])
+        if bar is None:  # the first step compiles: rates and ETAs count from its end
+          with progress.compiling("the train step"):
+            state, metrics = jax.block_until_ready(train_step(state, batch, streams["lmga"]))
+          # on a terminal; in a file the log lines say the same
+          bar = progress.bar(config.num_steps, "train", unit="step", initial=step,
+                             shown=is_main and sys.stderr.isatty())
+        else:
+          state, metrics = train_step(state, batch, streams["lmga"])
+          bar.update()
         window = metrics if window is None else window.merge(metrics)
         is_last = step == config.num_steps
         is_log = step % config.log_every == 0 or is_last
@@ -320,15 +327,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           scalars = _host_scalars(window)
           _check_finite(scalars, step, last_good, workdir)
           window = None
-          speed = progress.update(step)
           lr = float(schedule(step - 1))
           last_logged = {**scalars, "lr": lr}
+          speed = _speed(bar, config.batch_size)
           writer.write_scalars(step, {**last_logged, **speed})
-          say(progress.line(step, scalars["loss"], lr, speed), flush=True)
+          progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
         if validator is not None and (step % config.eval_every == 0 or is_last):
           val = validator(_local_params(state.params))
           writer.write_scalars(step, val)
-          say(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+          progress.note(f"step {step} validation: " +
+                        ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
           if window is not None:
             _check_finite(_host_scalars(window), step, last_good, workdir)
@@ -344,12 +352,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               stop.signum or signal.SIGTERM)
         if not is_last:
           batch = next_batch()
+    manager.wait_until_finished()
+    saved = manager.all_steps()
   finally:
+    if bar is not None:
+      bar.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
+  progress.note(report.wrote_lines(logging_utils.written(workdir, saved)))
 
   if config.get("final_eval"):
-    from megan_jax import evaluate  # pylint: disable=import-outside-toplevel
     evaluate.evaluate(config, workdir)
   return last_logged
+
+
+def _speed(bar, batch_size: int) -> dict[str, float]:
+  """steps/s, clips/s and ETA since the first compiled step ({} at that step itself)."""
+  speed = progress.speed(bar)
+  if not speed:
+    return {}
+  return {"steps_per_sec": speed["per_sec"], "clips_per_sec": speed["per_sec"] * batch_size,
+          "eta_sec": speed["eta_sec"]}
+
+
+def _log_line(step: int, num_steps: int, loss: float, lr: float, speed: dict[str, float]) -> str:
+  line = f"step {step}/{num_steps} | loss {loss:.5f} | lr {lr:.3g}"
+  if speed:
+    line += (f" | {speed['steps_per_sec']:.2f} steps/s | {speed['clips_per_sec']:.1f} clips/s | "
+             f"ETA {progress.format_duration(speed['eta_sec'])}")
+  return line

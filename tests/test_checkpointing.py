@@ -79,13 +79,12 @@ def test_restore_params_errors_name_the_workdir(tmp_path):
     checkpointing.restore_params(str(tmp_path), 7)
 
 
-def test_validation_during_training_keeps_the_best(tmp_path, monkeypatch):
-  train_fakes.use_toy_model(monkeypatch)
+def test_validation_during_training_keeps_the_best(tmp_path):
   root = train_fakes.make_vimeo_tree(str(tmp_path / "vimeo"), num_clips=4)
   config = train_fakes.fast_config("tiny", root, num_steps=6, checkpoint_every=1,
                                    keep_checkpoints=1, eval_every=2, optimizer__lr=3e-3)
   config.val.update(dict(root=root, list_file="sep_trainlist.txt", max_clips=2))
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  train.train_and_evaluate(config, str(tmp_path / "run"), model=train_fakes.ToyModel())
   val = {r["step"]: r["val_psnr_y"] for r in logging_utils.read_jsonl(str(tmp_path / "run"))
          if "val_psnr_y" in r}
   assert sorted(val) == [2, 4, 6] and all(10 < v < 60 for v in val.values())

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -125,11 +127,22 @@ def test_vimeo_clips_are_one_window_all_scored(tmp_path):
                              np.mean([v[0] for v in ref.values()]), rtol=1e-12)
 
 
-def test_progress_line_on_stderr(folder, capsys):
+def test_progress_bar_rate_starts_after_the_first_batch(folder, capsys):
+  """A 9-frame clip is two windows (7 frames scored, then 2): the first call sleeps like a compile."""
   seqs = open_eval_dataset(_spec(kind="folders", root=folder))[:1]
-  evaluate_sequences(baseline_predict_fn, seqs, desc="Tiny", progress=True)
+  calls = []
+
+  def slow_first(lr):
+    if not calls:
+      time.sleep(3.0)
+    calls.append(1)
+    return baseline_predict_fn(lr)
+
+  evaluate_sequences(slow_first, seqs, desc="Tiny", progress=True)
   err = capsys.readouterr().err
-  assert "Tiny [####################] 9/9" in err
+  final = re.findall(r"Tiny: 100%\|.*\| 9/9 \[[^,]*, *([\d.]+)frame/s\]", err)
+  assert len(calls) == 2 and final, err
+  assert float(final[-1]) > 3.0  # counting the first call, the rate would be below 9 frames / 3 s
 
 
 def test_short_clip_is_a_clear_error(tmp_path):
@@ -174,7 +187,7 @@ def test_evaluate_end_to_end(tmp_path, capsys):
   config.data = ml_collections.ConfigDict({"num_input_frames": 4})
   config.eval = ml_collections.ConfigDict({
       "datasets": [_spec(kind="folders", root=root, name="Tiny")], "step": None, "max_clips": None,
-      "save_frames": True, "progress": False})
+      "save_frames": True, "save_crops": True, "progress": False})
   with pytest.raises(FileNotFoundError, match="workdir"):
     evaluate(config, workdir)
   _checkpoint(workdir, config.model)
@@ -182,8 +195,13 @@ def test_evaluate_end_to_end(tmp_path, capsys):
 
   assert out["step"] == 7 and out["dir"] == os.path.join(workdir, "eval", "step_7")
   assert list(out["summary"]) == ["MEGAN", BASELINE]
-  table = capsys.readouterr().out
-  assert "Tiny" in table and "MEGAN" in table and BASELINE in table
+  printed = capsys.readouterr().out
+  assert "Tiny" in printed and "MEGAN" in printed and BASELINE in printed
+  named = re.findall(r"^wrote (\S+) ", printed, re.MULTILINE)  # everything written is named
+  tiny = os.path.join(out["dir"], "Tiny")
+  on_disk = [os.path.join(tiny, name) for name in os.listdir(tiny)]
+  on_disk += [os.path.join(out["dir"], name) for name in os.listdir(out["dir"]) if name != "Tiny"]
+  assert sorted(named) == sorted(on_disk)
   with open(os.path.join(out["dir"], "table.md")) as f:
     md = f.read().splitlines()
   assert md[0] == "| Method | Tiny |" and md[2].startswith("| MEGAN | ") and len(md) == 4

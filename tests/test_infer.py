@@ -112,12 +112,14 @@ def _read_video(path):
   return rate, frames
 
 
-def test_video_to_mp4(run):
+def test_video_to_mp4(run, capsys):
   config, workdir, video, root = run
   config = ml_collections.ConfigDict(config.to_dict())
   config.infer.input, config.infer.output = video, str(root / "out.mp4")
   path = infer(config, workdir)
   assert path == config.infer.output
+  wrote = capsys.readouterr().out.splitlines()[-1].split()
+  assert wrote[:3] == ["wrote", path, f"({2 * N - 1}"] and f"{4 * W}x{4 * H}," in wrote
   rate, frames = _read_video(path)
   assert len(frames) == 2 * N - 1
   assert frames[0].shape == (4 * H, 4 * W, 3)

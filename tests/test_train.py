@@ -31,6 +31,10 @@ def _assert_same_bits(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+def _toy():
+  return train_fakes.ToyModel()
+
+
 def _losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in logging_utils.read_jsonl(workdir) if "loss" in r}
 
@@ -38,11 +42,8 @@ def _losses(workdir) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight_run(data_root, tmp_path_factory):
   """The toy model trained 4 steps without interruption: (workdir, final params)."""
-  mp = pytest.MonkeyPatch()
-  train_fakes.use_toy_model(mp)
   workdir = str(tmp_path_factory.mktemp("straight"))
-  train.train_and_evaluate(train_fakes.fast_config("tiny", data_root), workdir)
-  mp.undo()
+  train.train_and_evaluate(train_fakes.fast_config("tiny", data_root), workdir, model=_toy())
   return workdir, checkpointing.restore_params(workdir)[0]
 
 
@@ -104,32 +105,32 @@ def test_megan_tiny_one_step_end_to_end(data_root, tmp_path):
   assert np.mean(moved > 0.5e-4) > 0.9
 
 
-def test_rerun_is_bit_identical(straight_run, data_root, tmp_path, monkeypatch):
-  train_fakes.use_toy_model(monkeypatch)
-  train.train_and_evaluate(train_fakes.fast_config("tiny", data_root), str(tmp_path / "a"))
+def test_rerun_is_bit_identical(straight_run, data_root, tmp_path):
+  train.train_and_evaluate(train_fakes.fast_config("tiny", data_root), str(tmp_path / "a"),
+                           model=_toy())
   _assert_same_bits(checkpointing.restore_params(str(tmp_path / "a"))[0], straight_run[1])
-  train.train_and_evaluate(train_fakes.fast_config("tiny", data_root, seed=1), str(tmp_path / "b"))
+  train.train_and_evaluate(train_fakes.fast_config("tiny", data_root, seed=1), str(tmp_path / "b"),
+                           model=_toy())
   other = checkpointing.restore_params(str(tmp_path / "b"))[0]
   assert not all(np.array_equal(x, y) for x, y in zip(_bits(other), _bits(straight_run[1])))
 
 
 def test_sigterm_then_resume_is_bit_identical(straight_run, data_root, tmp_path, monkeypatch):
-  train_fakes.use_toy_model(monkeypatch)
-  update = logging_utils.Progress.update
+  log_line = train._log_line  # pylint: disable=protected-access
 
-  def signal_at_step_1(self, step):
+  def signal_at_step_1(step, *args):
     if step == 1:
       signal.raise_signal(signal.SIGTERM)
-    return update(self, step)
+    return log_line(step, *args)
 
-  monkeypatch.setattr(logging_utils.Progress, "update", signal_at_step_1)
+  monkeypatch.setattr(train, "_log_line", signal_at_step_1)
   config = train_fakes.fast_config("tiny", data_root, checkpoint_every=100)
   with pytest.raises(train.Interrupted, match="SIGTERM after step 2.*rerun the same command") as e:
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path), model=_toy())
   assert e.value.exit_code == 128 + signal.SIGTERM
   assert checkpointing.restore_params(str(tmp_path))[1] == 2
-  monkeypatch.setattr(logging_utils.Progress, "update", update)
-  train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(train, "_log_line", log_line)
+  train.train_and_evaluate(config, str(tmp_path), model=_toy())
   params, step = checkpointing.restore_params(str(tmp_path))
   assert step == 4
   _assert_same_bits(params, straight_run[1])
@@ -138,7 +139,6 @@ def test_sigterm_then_resume_is_bit_identical(straight_run, data_root, tmp_path,
 
 @pytest.mark.parametrize("log_every", [1, 4])
 def test_nan_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch, log_every):
-  train_fakes.use_toy_model(monkeypatch)
   make_step = train.make_train_step
 
   def nan_from_step_3(model, tx, eps):
@@ -149,7 +149,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypat
   monkeypatch.setattr(train, "make_train_step", nan_from_step_3)
   config = train_fakes.fast_config("tiny", data_root, checkpoint_every=1, log_every=log_every)
   with pytest.raises(train.NonFiniteError, match="step 3.*last good checkpoint is step 2"):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path), model=_toy())
   params, step = checkpointing.restore_params(str(tmp_path))
   assert step == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -175,7 +175,10 @@ def test_logs_jsonl_and_tensorboard(straight_run):
   workdir = straight_run[0]
   records = logging_utils.read_jsonl(workdir)
   assert [r["step"] for r in records] == [1, 2, 3, 4]
-  assert {"loss", "grad_norm", "lr", "steps_per_sec", "clips_per_sec", "eta_sec"} <= set(records[0])
+  speed = {"steps_per_sec", "clips_per_sec", "eta_sec"}  # measured from the end of step 1, the compile
+  assert {"loss", "grad_norm", "lr"} <= set(records[0]) and not speed & set(records[0])
+  assert all(speed <= set(r) for r in records[1:])
+  assert records[-1]["eta_sec"] == 0
   tb_dir = os.path.join(workdir, logging_utils.TENSORBOARD_DIR)
   (name,) = os.listdir(tb_dir)
   with open(os.path.join(tb_dir, name), "rb") as f:

@@ -38,16 +38,6 @@ class ToyModel(nn.Module):
     return y.reshape(b, 2 * t - 1, 4 * h, 4 * w, 3)  # (B, 2n+1, 4h, 4w, 3)
 
 
-def use_toy_model(monkeypatch=None):
-  """Makes megan_jax.models.build_model return the toy model (for this test or this process)."""
-  import megan_jax.models  # pylint: disable=import-outside-toplevel
-  build = lambda config: ToyModel()
-  if monkeypatch is None:
-    megan_jax.models.build_model = build
-  else:
-    monkeypatch.setattr(megan_jax.models, "build_model", build)
-
-
 def make_vimeo_tree(root: str, num_clips: int = 6, size: tuple = (64, 96), seed: int = 0) -> str:
   """Writes ROOT/sequences/00001/000k/im1..7.png (smooth moving patterns) and
   ROOT/sep_trainlist.txt; returns root."""
@@ -97,11 +87,12 @@ def fast_config(variant: str, data_root: str, **fields):
   return config
 
 
-def _print_result(train_and_evaluate):
-  """Wraps train_and_evaluate to print its result as `RESULT {json}` (one line per process)."""
+def _toy_run(train_and_evaluate):
+  """train_and_evaluate with the toy model, printing its result as `RESULT {json}` (one line
+  per process)."""
 
   def run(config, workdir):
-    result = train_and_evaluate(config, workdir)
+    result = train_and_evaluate(config, workdir, model=ToyModel())
     print("RESULT " + json.dumps({"process": jax.process_index(), **result}), flush=True)
     return result
 
@@ -112,6 +103,5 @@ if __name__ == "__main__":
   sys.path.insert(0, REPO)
   from absl import app  # pylint: disable=g-import-not-at-top
   from megan_jax import main, train  # pylint: disable=g-import-not-at-top
-  use_toy_model()
-  train.train_and_evaluate = _print_result(train.train_and_evaluate)
+  train.train_and_evaluate = _toy_run(train.train_and_evaluate)
   app.run(main.main, flags_parser=main._parse)  # pylint: disable=protected-access

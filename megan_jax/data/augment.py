@@ -20,10 +20,10 @@ def random_crop(gt: np.ndarray, crop: int, scale: int, rng: np.random.Generator,
                 lr: np.ndarray | None = None, where: str = "clip"):
   """A `crop` x `crop` LR patch of the inputs and the aligned (scale*crop)^2 GT patch.
 
-  gt: (2n-1, H, W, C) uint8, the inputs being its even frames; lr: the pre-made
-  (n, H/scale, W/scale, C) LR frames, or None to compute the LR patch with
+  gt: (2n+1, H, W, C) uint8, the n+1 inputs being its even frames; lr: the pre-made
+  (n+1, H/scale, W/scale, C) LR frames, or None to compute the LR patch with
   `downscale_crop` (equal to cropping the bicubic LR of the full frames).
-  Returns (lr_patch (n, crop, crop, C), gt_patch (2n-1, scale*crop, scale*crop, C)).
+  Returns (lr_patch (n+1, crop, crop, C), gt_patch (2n+1, scale*crop, scale*crop, C)).
   """
   big_h, big_w = gt.shape[1:3]
   h, w = big_h // scale, big_w // scale

@@ -147,9 +147,9 @@ def synthetic_clips(num_frames: int = 13, size: tuple = (128, 128)) -> list:
 
 
 class EmbeddedTrainSource:
-  """grain random-access source over every window of `2n - 1` consecutive frames of the
-  embedded clips; record = {"gt": uint8 (2n-1, H, W, 3), "where"}, like the records of
-  `vimeo.VimeoSeptuplet`.
+  """grain random-access source over every window of 2n+1 consecutive frames (n+1 =
+  `num_input_frames`) of the embedded clips; record = {"gt": uint8 (2n+1, H, W, 3), "where"},
+  like the records of `vimeo.VimeoSeptuplet`.
   """
 
   def __init__(self, clips=None, prescale=None, num_input_frames: int = 4):
@@ -172,5 +172,5 @@ class EmbeddedTrainSource:
   def __getitem__(self, i: int) -> dict:
     name, start = self.records[i]
     frames = load_clip(name, int(self.prescale.get(name, 1)))
-    gt = frames[start:start + self.window]  # (2n-1, H, W, 3)
+    gt = frames[start:start + self.window]  # (2n+1, H, W, 3)
     return {"gt": np.array(gt), "where": f"{name} frames {start}..{start + self.window - 1}"}

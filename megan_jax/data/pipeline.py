@@ -50,7 +50,7 @@ class CropAugment:
                          where=record.get("where", "clip"))
     if self.augment:
       lr, gt = random_augment(lr, gt, rng)
-    return {"lr": lr, "gt": gt}  # uint8 (n, c, c, 3), (2n-1, 4c, 4c, 3)
+    return {"lr": lr, "gt": gt}  # uint8 (n+1, c, c, 3), (2n+1, 4c, 4c, 3)
 
 
 def to_float(batch: dict) -> dict:
@@ -71,8 +71,8 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
                     shard_count: int | None = None, workers: int = 0):
   """An endless grain iterator of training batches for this process.
 
-  Yields {"lr": float32 (B, n, c, c, 3), "gt": float32 (B, 2n-1, 4c, 4c, 3)} in [0, 1],
-  c = data_cfg.crop (32), n = data_cfg.num_input_frames (4), B = batch_size (the batch
+  Yields {"lr": float32 (B, n+1, c, c, 3), "gt": float32 (B, 2n+1, 4c, 4c, 3)} in [0, 1],
+  c = data_cfg.crop (32), n+1 = data_cfg.num_input_frames (4), B = batch_size (the batch
   of this process). shard_index / shard_count default to jax.process_index() /
   jax.process_count(). The same seed gives the same batches for any `workers`.
 
@@ -110,7 +110,7 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
 def iter_eval_windows(sequence, num_input_frames: int = 4, scale: int = SCALE):
   """The evaluation windows of a sequence (`windows.stvsr_windows`, stride 2n).
 
-  Yields {"lr": float32 (n, h, w, 3) in [0, 1], "gt": uint8 (2n-1, 4h, 4w, 3),
+  Yields {"lr": float32 (n+1, h, w, 3) in [0, 1], "gt": uint8 (2n+1, 4h, 4w, 3),
   "gt_indices", "input_indices", "scored"}: GT modcropped to `scale`, LR the bicubic
   downscaling of the GT inputs rounded to uint8 (or the sequence's pre-made `lr` frames).
   """
@@ -121,9 +121,9 @@ def iter_eval_windows(sequence, num_input_frames: int = 4, scale: int = SCALE):
   except DataError as e:
     raise DataError(f"{where}: {e}") from e
   for w in windows:
-    gt = modcrop(sequence.read(w.gt_indices), scale)  # (2n-1, H, W, 3)
+    gt = modcrop(sequence.read(w.gt_indices), scale)  # (2n+1, H, W, 3)
     if getattr(sequence, "lr", None) is not None:
-      lr = sequence.lr.read(w.input_indices)  # (n, h, w, 3)
+      lr = sequence.lr.read(w.input_indices)  # (n+1, h, w, 3)
       if lr.shape[1:3] != (gt.shape[1] // scale, gt.shape[2] // scale):
         raise DataError(
             f"{where}: LR frames are {lr.shape[2]}x{lr.shape[1]}, expected "
