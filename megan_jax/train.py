@@ -287,8 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if last_good is not None and checkpointing.is_params_only(manager, last_good):
     params = checkpointing.restore_start_params(manager, abstract.params, last_good)
     state = jax.jit(lambda p: new_state(p, tx), out_shardings=state_sharding)(params)
-    say(f"starting from the parameters of step {last_good} in {checkpointing.checkpoint_dir(workdir)}"
-        " with a fresh optimiser state and data order")
+    progress.note(f"starting from the parameters of step {last_good} in "
+                  f"{checkpointing.checkpoint_dir(workdir)} with a fresh optimiser state and data order")
   elif last_good is not None:
     state = checkpointing.restore(manager, abstract, data_iter, last_good)
     progress.note(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
