@@ -1,5 +1,7 @@
 """The network: shapes, parameter counts (derived by hand), gradients, determinism, NLRB vs numpy."""
 
+import os
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -243,3 +245,21 @@ def test_global_residual_adds_bicubic_and_blending(dtype):
     np.testing.assert_allclose(y[2 * i][inner], up[i][inner], atol=1e-5)
   for i in range(2):
     np.testing.assert_allclose(y[2 * i + 1], 0.5 * (y[2 * i] + y[2 * i + 2]), atol=1e-6)
+
+
+def test_zsm_forward_is_pinned():
+  """`:zsm` stays the Zooming Slow-Mo network exactly: its parameter tree (names and shapes) and its
+  forward are pinned by a fixture made from the code before the MEGAN-specific readings changed
+  (issue 11), at toy width, with the zero-initialised offset/mask convs moved so that the deformable
+  sampling is pinned too. A converter maps the official ZSM state_dict onto this tree."""
+  ref = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "zsm_toy_forward.npz"))
+  cfg = model_config("zsm")
+  cfg.nf, cfg.groups, cfg.front_rbs, cfg.back_rbs, cfg.hr_features = 4, 2, 1, 1, 4
+  model = build_model(cfg)
+  x = ref["input"]  # (1, 3, 8, 12, 3)
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x))["params"]
+  want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(shapes, sep="/").items()}
+  stored = {k.removeprefix("params/"): ref[k] for k in ref.files if k.startswith("params/")}
+  assert {k: v.shape for k, v in stored.items()} == want
+  y = jax.jit(model.apply)({"params": flax.traverse_util.unflatten_dict(stored, sep="/")}, x)
+  np.testing.assert_allclose(np.asarray(y), ref["output"], rtol=0, atol=1e-6)
