@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from megan_jax import metrics, report
+from megan_jax import metrics, paths, report
 from megan_jax.baseline import bicubic_blend_np
 from megan_jax.data.imresize import imresize_np
 from megan_jax.data.pipeline import iter_eval_windows, open_eval_dataset
@@ -156,7 +156,7 @@ def evaluate(config, workdir: str) -> dict:
   methods = {label: predict_fn}
   if option(ev, "baseline", True):
     methods[BASELINE] = baseline_predict_fn
-  out_dir = os.path.join(workdir, "eval", f"step_{step}")
+  out_dir = paths.writable_dir(os.path.join(workdir, "eval", f"step_{step}"), "--workdir")
   summary = {m: {} for m in methods}
   results = {}
   for spec in ev.datasets:

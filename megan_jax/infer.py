@@ -25,7 +25,7 @@ import os
 import av
 import numpy as np
 
-from megan_jax import metrics, report
+from megan_jax import metrics, paths, report
 from megan_jax.data.sources import (VIDEO_EXTENSIONS, DataError, FrameFolderSequence,
                                     VideoSequence)
 from megan_jax.evaluate import option
@@ -142,6 +142,7 @@ def infer(config, workdir: str) -> str:
   if not is_video and os.path.isfile(output):
     raise ValueError(f"config.infer.output: {output} is a file; give a video path "
                      f"{OUTPUT_VIDEO_EXTENSIONS} or a folder for PNG frames")
+  (paths.writable_file if is_video else paths.writable_dir)(output, "config.infer.output")
   predict_fn, _ = restore_predict_fn(config, workdir, step=ic.get("step"), tile=ic.get("tile"),
                                      tile_overlap=option(ic, "tile_overlap", 16),
                                      dtype=ic.get("dtype"))

@@ -65,7 +65,8 @@ def _parse(argv):
 def main(argv):
   if len(argv) > 1:
     _die(f"unexpected arguments {argv[1:]}")
-  from megan_jax import evaluate, infer, train  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from megan_jax import checkpointing, evaluate, infer, paths, train
   config = FLAGS.config
   train.setup_runtime(config)
   try:
@@ -77,9 +78,12 @@ def main(argv):
       print(infer.infer(config, FLAGS.workdir))
   except train.Interrupted as e:
     _die(str(e), e.exit_code)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad config, data or numbers
+  except (ValueError, FloatingPointError, checkpointing.CheckpointError) as e:  # config, data, numbers
     logging.info("traceback (shown with --verbosity=0):", exc_info=True)
     _die(str(e))
+  except OSError as e:  # a path that cannot be read or written
+    logging.info("traceback (shown with --verbosity=0):", exc_info=True)
+    _die(paths.describe_os_error(e))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from megan_jax import checkpointing, logging_utils
+from megan_jax import checkpointing, logging_utils, paths
 from megan_jax.losses import charbonnier
 
-SCALE = 4
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
@@ -134,11 +133,13 @@ def rng_streams(seed: int) -> dict[str, np.ndarray]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError/FileNotFoundError naming the config field for settings that cannot work."""
+  """Raises a ValueError/OSError naming the config field for settings that cannot work."""
   data = config.data
   if data.name == "vimeo" and not os.path.isdir(str(data.root)):
-    raise FileNotFoundError(
-        f"config.data.root: {data.root} does not exist; expected the Vimeo-90K septuplet layout "
+    is_file = os.path.exists(str(data.root))
+    raise (NotADirectoryError if is_file else FileNotFoundError)(
+        f"config.data.root: {data.root} {'is a file, not a folder' if is_file else 'does not exist'}"
+        f"; expected the Vimeo-90K septuplet layout "
         f"ROOT/sequences/00001/0001/im1.png ... im7.png and the clip list config.data.list_file "
         f"(now {data.list_file!r}; 'train' is the packaged sep_trainlist.txt, or give "
         f"ROOT/sep_trainlist.txt). Set --config.data.root=/path/to/vimeo_septuplet")
@@ -248,10 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate_config(config)
   is_main = jax.process_index() == 0
   say = print if is_main else (lambda *a, **k: None)
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  paths.writable_dir(workdir, "--workdir")
 
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
@@ -280,20 +278,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = _make_data_iter(config, per_process_batch)
   manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints,
                                        async_save=config.async_checkpointing)
-  last_good = manager.latest_step()
-  if last_good is not None:
-    state = checkpointing.restore(manager, abstract, data_iter, last_good)
+  restored = checkpointing.restore(manager, abstract, data_iter, model_config=config.model)
+  if restored is not None:
+    state, last_good = restored
     say(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
   else:
+    last_good = None
     state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
   start = int(state.step)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if start > config.num_steps:
+    manager.close()
+    say(f"nothing to train: {checkpointing.checkpoint_dir(workdir)} holds step {start}, past "
+        f"config.num_steps={config.num_steps}. Raise --config.num_steps to train on, or use "
+        f"--mode=eval to evaluate it.")
+    return {}
   if is_main:
     say(parameter_overview.get_parameter_overview(state.params, include_stats=False))
     say(f"{parameter_overview.count_parameters(state.params):,} parameters; "
         f"{jax.device_count()} devices, {jax.process_count()} processes; global batch "
         f"{config.batch_size} of {n_in}x{crop}x{crop} LR clips")
 
-  writer = logging_utils.MetricWriter(workdir, enabled=is_main)
+  writer = logging_utils.MetricWriter(workdir, enabled=is_main, resume_step=start)
   progress = logging_utils.Progress(start, config.num_steps, config.batch_size)
   validator = (_Validator(config, model)
                if config.eval_every and start < config.num_steps else None)
@@ -331,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              metrics={checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
           last_good = step
         if stopping:
-          manager.wait_until_finished()
+          checkpointing.wait(manager)
           name = signal.Signals(stop.signum).name if stop.signum else "a stop request"
           raise Interrupted(
               f"stopped by {name} after step {step}; checkpoint saved in "
@@ -339,9 +347,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               stop.signum or signal.SIGTERM)
         if not is_last:
           batch = next_batch()
+  except BaseException as e:
+    checkpointing.close(manager, failure=e)
+    raise
+  else:
+    checkpointing.close(manager)
   finally:
-    manager.wait_until_finished()
-    manager.close()
     writer.close()
 
   if config.get("final_eval"):
