@@ -66,14 +66,13 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
   calls `jax.distributed.initialize` (arguments left unset are auto-detected on SLURM/TPU/MPI).
   config.compilation_cache_dir turns on JAX's persistent compilation cache.
   """
-  if config.get("deterministic") and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  if config.deterministic and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DETERMINISTIC_FLAG).strip()
-  dist = config.get("distributed")
-  if dist is not None and dist.get("enabled"):
-    jax.distributed.initialize(coordinator_address=dist.get("coordinator_address"),
-                               num_processes=dist.get("num_processes"),
-                               process_id=dist.get("process_id"))
-  if config.get("compilation_cache_dir"):
+  dist = config.distributed
+  if dist.enabled:
+    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+  if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
 
 
@@ -86,7 +85,7 @@ def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
   """Cosine annealing with warm restarts: each cycle of `opt.cycle_steps` steps goes from
   `opt.lr` to `opt.min_lr` (lr_t = min + (lr - min)(1 + cos(pi t / T)) / 2), then restarts;
   `opt.restarts` restarts (default: as many as `num_steps` needs)."""
-  cycles = (opt.restarts + 1) if opt.get("restarts") is not None else math.ceil(
+  cycles = (opt.restarts + 1) if opt.restarts is not None else math.ceil(
       num_steps / opt.cycle_steps)
   cycle = optax.cosine_decay_schedule(opt.lr, opt.cycle_steps, alpha=opt.min_lr / opt.lr)
   if cycles <= 1:
@@ -355,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     writer.close()
 
-  if config.get("final_eval"):
+  if config.final_eval:
     from megan_jax import evaluate  # pylint: disable=import-outside-toplevel
     evaluate.evaluate(config, workdir)
   return last_logged
