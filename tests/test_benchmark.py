@@ -195,9 +195,10 @@ def test_a_signal_stops_the_run_and_its_cell_subprocess(signum, tmp_path):
 def test_cells_come_from_the_config(tmp_path):
   """Batch, crop and frame count are the variant config's, not the benchmark's own numbers."""
   config_file = tmp_path / "five_frames.py"
+  vimeo = os.path.join(REPO, "configs", "vimeo.py")
   config_file.write_text(
       "import importlib.util\n"
-      f"spec = importlib.util.spec_from_file_location('vimeo', {os.path.join(REPO, 'configs', 'vimeo.py')!r})\n"
+      f"spec = importlib.util.spec_from_file_location('vimeo', {vimeo!r})\n"
       "vimeo = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(vimeo)\n"
       "def get_config(arg):\n"
       "  c = vimeo.get_config(arg)\n"

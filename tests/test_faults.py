@@ -98,8 +98,8 @@ def test_workdir_that_cannot_be_written(where, read_only, tmp_path, data_root):
     workdir.mkdir()
     os.chown(workdir, 65534, 65534)
   _assert_one_line_error(_toy_train(data_root, f"--workdir={workdir}"),
-                         re.escape(f"--workdir: {os.path.dirname(workdir) if where == 'inside read-only' else workdir}"),
-                         "Permission denied; make it writable or choose another path")
+                         re.escape(f"--workdir: {workdir}: Permission denied; make it writable or "
+                                   "choose another path"))
 
 
 @pytest.mark.parametrize("output", ["out.mp4", "frames"])
@@ -167,9 +167,9 @@ def test_truncated_latest_checkpoint_resumes_from_the_previous_one(toy_run, capl
   _truncate_largest_file(os.path.join(ckpt, "4"))
   config.num_steps = 6
   train.train_and_evaluate(config, workdir)
+  moved = os.path.join(workdir, checkpointing.UNREADABLE_DIR, "4")
   assert re.search(rf"checkpoint step 4 in {re.escape(ckpt)} cannot be read \(.+\); using step 2 "
-                   rf"instead; moved it to {re.escape(os.path.join(workdir, checkpointing.UNREADABLE_DIR, '4'))}",
-                   caplog.text), caplog.text
+                   rf"instead; moved it to {re.escape(moved)}", caplog.text), caplog.text
   records = logging_utils.read_jsonl(workdir)
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # each step once
   assert [r["loss"] for r in records[:4]] == [losses[s] for s in (1, 2, 3, 4)]  # steps 3, 4 redone

@@ -179,7 +179,8 @@ def _start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, list[int]]:
   held = []
   previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in STOP_SIGNALS}
   try:
-    return subprocess.Popen(cmd, env=env, start_new_session=True), held  # pylint: disable=consider-using-with
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)  # pylint: disable=R1732
+    return child, held
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
