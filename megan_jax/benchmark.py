@@ -155,7 +155,9 @@ def _figures(r: dict) -> list[str]:
 
 def cell_line(r: dict) -> str:
   """One line of a finished cell's figures (printed as it finishes)."""
-  if r["status"] not in ("ok", "flops-only"):
+  if r["status"] == "flops-only":
+    return f"[benchmark] {r['name']}: {_figures(r)[3]} GFLOP (FLOPs only)"
+  if r["status"] != "ok":
     return f"[benchmark] {r['name']}: {r['status']} {r.get('error', '')}".rstrip()
   ms, rate, compile_s, gflop, tflops, peak = _figures(r)
   return (f"[benchmark] {r['name']}: {ms} ms, {rate}, compile {compile_s} s, {gflop} GFLOP, "
