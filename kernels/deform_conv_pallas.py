@@ -59,7 +59,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.deform_conv import sample_jnp, tap_positions
+from megan_jax.kernels.sampling import sample_jnp
 
 _MAX_COLUMNS = 32  # largest BW, the number of output columns one program handles
 _MAX_TILE = 4096  # largest BW * Cgp, the size of one gathered (BW, Cgp) tile
@@ -268,7 +268,7 @@ _sample.defvjp(_sample_fwd, _sample_bwd)
 
 def deform_sample_pallas(x, offset, mask, *, kernel_size, stride, padding, dilation,
                          deformable_groups, interpret=None):
-  """Pallas version of `kernels.deform_conv.deform_sample` (same arguments and result).
+  """Pallas version of `deform_conv.deform_sample` (same arguments and result).
 
   Shapes are assumed validated by the caller (`deform_sample` / `deform_conv2d`). interpret=None
   means interpret mode exactly when the default JAX backend is the CPU; otherwise the kernels are

@@ -17,18 +17,42 @@ plus the single best one by validation PSNR-Y (`AnyPreservationPolicy(LatestN, B
 saved without a validation score count only for "last `keep`". Saves are atomic (orbax writes to a
 temporary directory and renames it when complete) and, by default, asynchronous: `save` returns once
 the arrays are copied off the device.
+
+Faults end in one line that says what is intact: a save that fails (disk full, folder turned
+read-only) raises `CheckpointError` naming the checkpoints still on disk, never deletes them, and
+never waits on orbax's 300 s timeout (the folder is checked before each save); an unreadable
+checkpoint (truncated, half-deleted) is skipped with a warning naming its step, in favour of the
+newest readable one; a checkpoint of another architecture raises a ValueError naming the workdir
+and the parameters whose shapes differ.
 """
 
+import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from megan_jax import paths
+
 BEST_METRIC = "val_psnr_y"
+UNREADABLE_DIR = "unreadable_checkpoints"  # in the workdir: where resuming moves unreadable ones
+_REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+            "Permission denied")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be saved, or none could be read; the message says what is intact."""
+
+
+class ArchitectureError(ValueError):
+  """The checkpoint's parameters have other names or shapes than the configured model's."""
 
 
 class _NoMetricsFilter(logging.Filter):
@@ -38,7 +62,18 @@ class _NoMetricsFilter(logging.Filter):
     return "did not provide metrics" not in record.getMessage()
 
 
+class _ShortOrbaxErrors(logging.Filter):
+  """Keeps orbax's own error records to their message: the traceback of a failed background save
+  would fill the terminal, and `save`/`wait` report the failure in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
 logging.getLogger("absl").addFilter(_NoMetricsFilter())
+logging.getLogger("absl").addFilter(_ShortOrbaxErrors())
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -63,23 +98,202 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory` (orbax renames a save's folder to its
+  step number only once the save has finished)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _reason(exc: BaseException) -> str:
+  """The system's reason for a failed save or restore, in a few words: the root cause's first line."""
+  chain = [exc]
+  while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+    chain.append(nxt)
+  text = " ".join(str(e) for e in chain)
+  for reason in _REASONS:
+    if reason in text:
+      return reason
+  root = chain[-1]
+  first = (str(root).strip().splitlines() or [""])[0]
+  return f"{type(root).__name__}: {first[:200]}"
+
+
+def _save_error(manager: ocp.CheckpointManager, exc: BaseException) -> CheckpointError:
+  directory = str(manager.directory)
+  try:  # an earlier save still in flight lands (or fails) before the intact steps are listed
+    manager.wait_until_finished()
+  except Exception:  # pylint: disable=broad-except
+    pass
+  steps = saved_steps(directory)
+  kept = (f"the earlier checkpoints (steps {steps}) are intact; fix that and rerun to resume from "
+          f"step {steps[-1]}" if steps else "no earlier checkpoint exists; fix that and rerun")
+  return CheckpointError(f"saving a checkpoint in {directory} failed ({_reason(exc)}); {kept}")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
          metrics: dict[str, float] | None = None) -> None:
-  """Saves `state` and the grain iterator position after `step` training steps."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iter)),
-      metrics=metrics, force=True)
+  """Saves `state` and the grain iterator position after `step` training steps.
+
+  Raises CheckpointError when this save cannot start or an earlier asynchronous one failed.
+  """
+  try:
+    paths.writable_dir(str(manager.directory), "checkpoints")
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter)),
+        metrics=metrics, force=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(manager, e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Blocks until the asynchronous save is on disk; raises CheckpointError if it failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(manager, e) from e
+
+
+def close(manager: ocp.CheckpointManager, failure: BaseException | None = None) -> None:
+  """Waits for the asynchronous save and closes the manager.
+
+  While another error `failure` propagates, a failed save is logged instead of raised (unless
+  `failure` is that save's CheckpointError already), so that `failure` is the error reported.
+  """
+  try:
+    wait(manager)
+    manager.close()
+  except CheckpointError as e:
+    if failure is None:
+      raise
+    if not isinstance(failure, CheckpointError):
+      absl_logging.warning("%s", e)
+
+
+def _path_shapes(tree) -> dict[str, tuple]:
+  """{"Conv_0/kernel": shape} of a parameter tree (arrays, ShapeDtypeStructs or orbax metadata)."""
+  name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+  return {"/".join(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_shapes(saved_params, expected_params, where: str) -> None:
+  """Raises an ArchitectureError naming `where` when the parameter paths or shapes differ."""
+  saved, expected = _path_shapes(saved_params), _path_shapes(expected_params)
+  if saved == expected:
+    return
+  diff = [(p, saved.get(p, "absent"), expected.get(p, "absent"))
+          for p in sorted(set(saved) | set(expected)) if saved.get(p) != expected.get(p)]
+  listed = "; ".join(f"{p}: {a} in the checkpoint, {b} in the config" for p, a, b in diff[:4])
+  raise ArchitectureError(
+      f"{where}: the checkpoint's parameters do not fit config.model ({len(diff)} differ: "
+      f"{listed}); use the model config the run was trained with, or another --workdir")
+
+
+def _newest_readable(manager: ocp.CheckpointManager, read, steps: list[int]):
+  """(read(step, metadata), step, unreadable steps) for the newest step in `steps` whose state
+  metadata and `read` succeed; raises CheckpointError when none does.
+
+  `read` may raise an ArchitectureError (another model), which is raised as it is: an older step
+  would not fit either.
+  """
+  failed = []
+  for step in sorted(steps, reverse=True):
+    try:
+      metadata = manager.item_metadata(step)["state"]
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises plain Exceptions too
+      failed.append((step, _reason(e)))
+      continue
+    metadata = metadata.tree if hasattr(metadata, "tree") else metadata
+    try:
+      return read(step, metadata), step, failed
+    except ArchitectureError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((step, _reason(e)))
+  bad = ", ".join(f"step {s} ({r})" for s, r in failed)
+  raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad}; restore them from "
+                        f"a backup, or move the folder away to start from scratch")
+
+
+def _warn_unreadable(manager, failed, step: int, moved_to: str | None = None) -> None:
+  for bad, reason in failed:
+    where = f"; moved it to {os.path.join(moved_to, str(bad))}" if moved_to else ""
+    absl_logging.warning("checkpoint step %d in %s cannot be read (%s); using step %d instead%s",
+                         bad, manager.directory, reason, step, where)
+
+
+def _free_name(path: str) -> str:
+  """`path`, or `path`.1, .2, ... when it is taken."""
+  candidate, i = path, 0
+  while os.path.exists(candidate):
+    i += 1
+    candidate = f"{path}.{i}"
+  return candidate
+
+
+def _changed_model_fields(workdir: str, model_config) -> str:
+  """"; config.model fields changed since WORKDIR/config.json was written: nf (64 -> 32)", or ""."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f).get("model", {})
+  except (OSError, ValueError):
+    return ""
+  now = model_config.to_dict()
+  changed = [f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k)]
+  return f"; config.model fields changed since {path}: {', '.join(changed)}" if changed else ""
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
-            step: int | None = None) -> Any:
-  """Restores the state (with the shardings of `abstract_state`) and rewinds `data_iter` in place."""
-  step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iter)))
-  return restored["state"]
+            model_config=None) -> tuple[Any, int, bool] | None:
+  """Restores the newest readable checkpoint: (state, step, params_only), or None when there is none.
+
+  The state gets the shardings of `abstract_state`; `data_iter` is rewound in place. A params-only
+  checkpoint (`save_params`: the start of a new run) gives ({"params": ...}, step, True) and leaves
+  `data_iter` as it is: the caller builds a fresh optimiser state around the parameters. Unreadable
+  checkpoints are skipped with a warning; one of another architecture raises an ArchitectureError
+  naming the workdir, the differing parameter shapes and the `model_config` fields that differ
+  from the run's config.json.
+  """
+  workdir = os.path.dirname(str(manager.directory))
+  params = (abstract_state["params"] if isinstance(abstract_state, Mapping)
+            else abstract_state.params)
+
+  def read(step, saved):
+    try:
+      check_shapes(saved["params"], params, f"--workdir={workdir} (step {step})")
+    except ArchitectureError as e:
+      fields = _changed_model_fields(workdir, model_config) if model_config is not None else ""
+      raise ArchitectureError(f"{e}{fields}") from e
+    if "opt_state" not in saved:
+      return manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore({"params": params})))["state"], True
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))["state"], False
+
+  steps = list(manager.all_steps())
+  if not steps:
+    return None
+  (state, params_only), step, failed = _newest_readable(manager, read, steps)
+  if failed:  # moved out of the way of this run's next saves, kept for a post-mortem
+    moved_to = os.path.join(workdir, UNREADABLE_DIR)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("megan_jax checkpoint fallback: all read")
+    if jax.process_index() == 0:
+      for bad, _ in failed:
+        os.makedirs(moved_to, exist_ok=True)
+        os.replace(os.path.join(str(manager.directory), str(bad)),
+                   _free_name(os.path.join(moved_to, str(bad))))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("megan_jax checkpoint fallback: moved")
+    manager.reload()
+    _warn_unreadable(manager, failed, step, moved_to)
+  return state, step, params_only
 
 
 def save_params(workdir: str, params: Any) -> str:
@@ -98,30 +312,11 @@ def save_params(workdir: str, params: Any) -> str:
   return os.path.join(checkpoint_dir(workdir), "0")
 
 
-def is_params_only(manager: ocp.CheckpointManager, step: int) -> bool:
-  """True for a checkpoint written by `save_params` (no optimiser state, no data position)."""
-  return "opt_state" not in manager.item_metadata(step)["state"].tree
-
-
-def restore_start_params(manager: ocp.CheckpointManager, abstract_params: Any, step: int) -> Any:
-  """The parameters of params-only checkpoint `step`, with the shardings of `abstract_params`;
-  a ValueError names the parameters whose shapes differ from the model's."""
-  stored = manager.item_metadata(step)["state"].tree["params"]
-  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(v.shape)
-                         for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-  want, got = shapes(abstract_params), shapes(stored)
-  if want != got:
-    diff = sorted(set(want.items()) ^ set(got.items()))[:5]
-    raise ValueError(
-        f"{manager.directory}/{step}: its parameters do not fit config.model "
-        f"(use the model config they were made for); first differences (path, shape): {diff}")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore({"params": abstract_params})))
-  return restored["state"]["params"]
-
-
 def _existing_manager(workdir: str) -> ocp.CheckpointManager:
   directory = checkpoint_dir(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir: {workdir} is a file, not a run directory; give the "
+                             f"--workdir that training wrote its checkpoints to")
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"no checkpoint in workdir {workdir!r}: {directory} does not exist; train first with "
@@ -138,14 +333,23 @@ def best_step(workdir: str) -> int:
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
-  """Returns (params, step) of checkpoint `step` in `workdir` (the latest when None) on one local device."""
+  """Returns (params, step) of checkpoint `step` in `workdir` on one local device.
+
+  With step None: the newest readable checkpoint (an unreadable newer one is skipped with a
+  warning naming its step). A given `step` that cannot be read raises CheckpointError.
+  """
   manager = _existing_manager(workdir)
-  step = manager.latest_step() if step is None else step
-  if step not in manager.all_steps():
+  if step is not None and step not in manager.all_steps():
     raise FileNotFoundError(
         f"no checkpoint for step {step} in workdir {workdir!r}; available: {list(manager.all_steps())}")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  tree = manager.item_metadata(step)["state"].tree
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return restored["state"]["params"], step
+
+  def read(s, tree):
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return manager.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]["params"]
+
+  params, step, failed = _newest_readable(
+      manager, read, [step] if step is not None else list(manager.all_steps()))
+  _warn_unreadable(manager, failed, step)
+  return params, step

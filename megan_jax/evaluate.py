@@ -13,12 +13,12 @@ import re
 
 import numpy as np
 
-from megan_jax import metrics, report
+from megan_jax import metrics, paths, report
 from megan_jax.progress import bar as progress_bar
 from megan_jax.baseline import bicubic_blend_np
 from megan_jax.data import testsets
 from megan_jax.data.imresize import imresize_np
-from megan_jax.data.pipeline import iter_eval_windows, open_eval_dataset
+from megan_jax.data.pipeline import SCALE, iter_eval_windows, open_eval_dataset
 from megan_jax.predict import restore_predict_fn
 
 METRICS = {"psnr_y": metrics.psnr_y, "ssim_y": metrics.ssim_y, "psnr_rgb": metrics.psnr_rgb}
@@ -101,12 +101,6 @@ def evaluate_sequences(predict_fn, sequences, *, num_input_frames: int = 4,
           "clips": clips}
 
 
-def option(cfg, key: str, default):
-  """cfg.key, or `default` when the field is missing or None."""
-  value = cfg.get(key)
-  return default if value is None else value
-
-
 def dataset_name(spec) -> str:
   """The column name of an eval spec: `spec.name`, else Vimeo-<list> or the root's base name."""
   if spec.get("name"):
@@ -131,7 +125,7 @@ def save_comparison(path: str, sequence, predict_fns: dict, *, num_input_frames:
   """
   win = next(iter_eval_windows(sequence, num_input_frames=num_input_frames))
   lr_frame = win["lr"][offset // 2]
-  lr_up = metrics.to_uint8(imresize_np(lr_frame, 4))
+  lr_up = metrics.to_uint8(imresize_np(lr_frame, SCALE))
   lr_label = "LR bicubic" if offset % 2 == 0 else "LR t-1 bicubic"
   panels = [(lr_label, lr_up)]
   for name, fn in predict_fns.items():
@@ -145,11 +139,11 @@ def save_comparison(path: str, sequence, predict_fns: dict, *, num_input_frames:
 def evaluate(config, workdir: str) -> dict:
   """Evaluates the checkpoint in `workdir` (the latest, or `config.eval.step`) and the baseline.
 
-  Reads config.eval: datasets (list of specs, see `data.pipeline.open_eval_dataset`, each with an
-  optional `name`), replaced by the Table 1 sets in the paper's column order when any of vid4,
-  vimeo, adobe is set (`data.testsets`), and optionally step, max_clips, batch_size, tile,
-  tile_overlap, dtype, baseline (bool, default True), save_frames (bool), save_crops (bool,
-  default True), label.
+  Reads config.eval (the fields configs/vimeo.py declares): datasets (list of specs, see
+  `data.pipeline.open_eval_dataset`, each with an optional `name`), replaced by the Table 1 sets in
+  the paper's column order when any of vid4, vimeo, adobe is set (`data.testsets`), step,
+  max_clips, batch_size, tile, tile_overlap, dtype, baseline, save_frames, save_crops, label,
+  progress.
   Prints the Table 1 style table and writes under `workdir/eval/step_<step>/`:
   `<dataset>/<method>.json` (per-frame, per-clip and mean), `summary.json`, `table.txt`,
   `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`;
@@ -157,31 +151,30 @@ def evaluate(config, workdir: str) -> dict:
   Returns {"step", "dir", "summary": {method: {dataset: mean}}, "results": {dataset: {method: ...}}}.
   """
   ev = config.eval
-  specs = testsets.table1_specs(ev, config.get("data", {}).get("lr_root")) or ev.get("datasets")
+  specs = testsets.table1_specs(ev, config.data.get("lr_root")) or ev.datasets
   if not specs:
     raise ValueError("config.eval.datasets is empty: nothing to evaluate; set it or "
                      "--config.eval.vid4/vimeo/adobe=ROOT (Table 1 sets)")
-  num_input_frames = config.get("data", {}).get("num_input_frames", 4)
-  predict_fn, step = restore_predict_fn(
-      config, workdir, step=ev.get("step"), tile=ev.get("tile"),
-      tile_overlap=option(ev, "tile_overlap", 16), dtype=ev.get("dtype"))
-  label = ev.get("label") or config.model.get("name", "model").upper()
+  num_input_frames = config.data.num_input_frames
+  predict_fn, step = restore_predict_fn(config, workdir, step=ev.step, tile=ev.tile,
+                                        tile_overlap=ev.tile_overlap, dtype=ev.dtype)
+  label = ev.label or config.model.name.upper()
   methods = {label: predict_fn}
-  if option(ev, "baseline", True):
+  if ev.baseline:
     methods[BASELINE] = baseline_predict_fn
-  out_dir = os.path.join(workdir, "eval", f"step_{step}")
+  out_dir = paths.writable_dir(os.path.join(workdir, "eval", f"step_{step}"), "--workdir")
   summary = {m: {} for m in methods}
   results, wrote = {}, []  # wrote: (path, what)
   for spec in specs:
     name = dataset_name(spec)
-    sequences = open_eval_dataset(spec)[:ev.get("max_clips")]
+    sequences = open_eval_dataset(spec)[:ev.max_clips]
     results[name] = {}
     for method, fn in methods.items():
       frames_dir = (os.path.join(out_dir, _slug(name), _slug(method))
-                    if ev.get("save_frames") else None)
+                    if ev.save_frames else None)
       res = evaluate_sequences(fn, sequences, num_input_frames=num_input_frames,
-                               batch_size=option(ev, "batch_size", 1),
-                               progress=option(ev, "progress", True), desc=f"{name} {method}",
+                               batch_size=ev.batch_size, progress=ev.progress,
+                               desc=f"{name} {method}",
                                save_dir=frames_dir)
       wrote.append((report.write_json(os.path.join(out_dir, _slug(name), f"{_slug(method)}.json"),
                                       {"dataset": name, "method": method, "step": step, **res}),
@@ -190,7 +183,7 @@ def evaluate(config, workdir: str) -> dict:
         wrote.append((frames_dir, f"{method} output frames"))
       results[name][method] = res
       summary[method][name] = res["mean"]
-    if option(ev, "save_crops", True):
+    if ev.save_crops:
       wrote.append((save_comparison(os.path.join(out_dir, _slug(name), "comparison.png"),
                                     sequences[0], {m: methods[m] for m in reversed(methods)},
                                     num_input_frames=num_input_frames),

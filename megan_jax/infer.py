@@ -13,10 +13,11 @@ pass the config used for training):
     python -m megan_jax.main --mode=infer --config=configs/<train config>.py --workdir=<run> \\
         --config.infer.input=in.mp4 --config.infer.output=out.mp4
 
-config.infer: input (video file or frame folder, required), output (a .mp4/.mkv/.mov/.avi file, or
-any other path = a folder of PNG frames; default `workdir/infer/<name>_x4_2x.mp4`), and optionally
-step (checkpoint, default latest), tile and tile_overlap (LR pixels), dtype, fps (source frame rate,
-overrides the video's; default 30 for frame folders), progress (bool).
+config.infer (the fields configs/vimeo.py declares): input (video file or frame folder, required),
+output (a .mp4/.mkv/.mov/.avi file, or any other path = a folder of PNG frames; default
+`workdir/infer/<name>_x4_2x.mp4`), step (checkpoint, default latest), tile and tile_overlap (LR
+pixels), dtype, fps (source frame rate, overrides the video's; default 30 for frame folders),
+progress (bool).
 """
 
 import fractions
@@ -25,10 +26,9 @@ import os
 import av
 import numpy as np
 
-from megan_jax import metrics, report
+from megan_jax import metrics, paths, report
 from megan_jax.data.sources import (VIDEO_EXTENSIONS, DataError, FrameFolderSequence,
                                     VideoSequence)
-from megan_jax.evaluate import option
 from megan_jax.predict import restore_predict_fn
 from megan_jax.progress import bar as progress_bar
 
@@ -148,18 +148,17 @@ def infer(config, workdir: str) -> str:
   """Upscales `config.infer.input` with the checkpoint in `workdir`, prints what it wrote and
   returns the output path."""
   ic = config.infer
-  sequence, rate = open_source(ic.get("input"), ic.get("fps"))
-  output = ic.get("output") or os.path.join(workdir, "infer", f"{sequence.name}_x4_2x.mp4")
+  sequence, rate = open_source(ic.input, ic.fps)
+  output = ic.output or os.path.join(workdir, "infer", f"{sequence.name}_x4_2x.mp4")
   is_video = output.lower().endswith(OUTPUT_VIDEO_EXTENSIONS)
   if not is_video and os.path.isfile(output):
     raise ValueError(f"config.infer.output: {output} is a file; give a video path "
                      f"{OUTPUT_VIDEO_EXTENSIONS} or a folder for PNG frames")
-  predict_fn, _ = restore_predict_fn(config, workdir, step=ic.get("step"), tile=ic.get("tile"),
-                                     tile_overlap=option(ic, "tile_overlap", 16),
-                                     dtype=ic.get("dtype"))
-  frames = upscale_frames(predict_fn, sequence,
-                          num_input_frames=config.get("data", {}).get("num_input_frames", 4),
-                          progress=option(ic, "progress", True))
+  (paths.writable_file if is_video else paths.writable_dir)(output, "config.infer.output")
+  predict_fn, _ = restore_predict_fn(config, workdir, step=ic.step, tile=ic.tile,
+                                     tile_overlap=ic.tile_overlap, dtype=ic.dtype)
+  frames = upscale_frames(predict_fn, sequence, num_input_frames=config.data.num_input_frames,
+                          progress=ic.progress)
   if is_video:
     count = write_video(frames, output, 2 * rate)
     what = f"{count} frames at {float(2 * rate):.4g} fps"

@@ -22,15 +22,26 @@ PARAMETERS_NAME = "parameters.txt"
 
 
 class MetricWriter:
-  """Appends scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/events.out.tfevents.*."""
+  """Appends scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/events.out.tfevents.*.
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  `resume_step`: the step the run restarts from (its checkpoint's). A run killed after that step
+  logged steps that the resumed run logs again, so the records past it are dropped from
+  metrics.jsonl, and TensorBoard is told to hide its events past it (tensorboardX `purge_step`):
+  the logs hold each step once.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, JSONL_NAME), "a", encoding="utf-8")
-    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+    path = os.path.join(workdir, JSONL_NAME)
+    if resume_step is not None and os.path.exists(path):
+      _truncate_jsonl(path, resume_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
+    self._tb = tensorboardX.SummaryWriter(
+        os.path.join(workdir, TENSORBOARD_DIR),
+        purge_step=None if resume_step is None else resume_step + 1)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     """One JSON line {"step", "time", **scalars} and one TensorBoard scalar per key."""
@@ -47,6 +58,23 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+  """Keeps the records of steps <= `last_step` (and drops a line cut short by a kill)."""
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if record.get("step", 0) <= last_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 def read_jsonl(workdir: str) -> list[dict]:

@@ -85,7 +85,8 @@ def main(argv):
   if not FLAGS.workdir:
     _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
          f"results)")
-  from megan_jax import evaluate, infer, train  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from megan_jax import checkpointing, evaluate, infer, paths, train
   train.setup_runtime(config)
   try:
     if FLAGS.mode == "train":
@@ -96,9 +97,12 @@ def main(argv):
       infer.infer(config, FLAGS.workdir)
   except train.Interrupted as e:
     _die(str(e), e.exit_code)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad config, data or numbers
+  except (ValueError, FloatingPointError, checkpointing.CheckpointError) as e:  # config, data, numbers
     logging.info("traceback (shown with --verbosity=0):", exc_info=True)
     _die(str(e))
+  except OSError as e:  # a path that cannot be read or written
+    logging.info("traceback (shown with --verbosity=0):", exc_info=True)
+    _die(paths.describe_os_error(e))
 
 
 if __name__ == "__main__":

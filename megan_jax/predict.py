@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from megan_jax import checkpointing, progress
+from megan_jax.data.pipeline import SCALE
 from megan_jax.models import build_model
 
-SCALE = 4     # spatial upscaling factor of the model
 MULTIPLE = 4  # the model's h, w must be multiples of this
 
 
@@ -191,6 +191,5 @@ def restore_predict_fn(config, workdir: str, *, step: int | None = None, tile: i
   """
   model = build_model(config.model)
   params, step = checkpointing.restore_params(workdir, step)
-  num_input_frames = config.get("data", {}).get("num_input_frames", 4)
-  _check_params(model, params, num_input_frames, f"{workdir} (step {step})")
+  _check_params(model, params, config.data.num_input_frames, f"{workdir} (step {step})")
   return make_predict_fn(model, params, dtype=dtype, tile=tile, tile_overlap=tile_overlap), step

@@ -26,12 +26,11 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from megan_jax import checkpointing, evaluate, logging_utils, predict, progress, report
+from megan_jax import checkpointing, evaluate, logging_utils, paths, predict, progress, report
 from megan_jax.data.pipeline import make_train_iter, open_eval_dataset
 from megan_jax.losses import charbonnier
 from megan_jax.models import build_model
 
-SCALE = 4
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
@@ -69,14 +68,13 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
   calls `jax.distributed.initialize` (arguments left unset are auto-detected on SLURM/TPU/MPI).
   config.compilation_cache_dir turns on JAX's persistent compilation cache.
   """
-  if config.get("deterministic") and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  if config.deterministic and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DETERMINISTIC_FLAG).strip()
-  dist = config.get("distributed")
-  if dist is not None and dist.get("enabled"):
-    jax.distributed.initialize(coordinator_address=dist.get("coordinator_address"),
-                               num_processes=dist.get("num_processes"),
-                               process_id=dist.get("process_id"))
-  if config.get("compilation_cache_dir"):
+  dist = config.distributed
+  if dist.enabled:
+    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+  if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
 
 
@@ -89,7 +87,7 @@ def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
   """Cosine annealing with warm restarts: each cycle of `opt.cycle_steps` steps goes from
   `opt.lr` to `opt.min_lr` (lr_t = min + (lr - min)(1 + cos(pi t / T)) / 2), then restarts;
   `opt.restarts` restarts (default: as many as `num_steps` needs)."""
-  cycles = (opt.restarts + 1) if opt.get("restarts") is not None else math.ceil(
+  cycles = (opt.restarts + 1) if opt.restarts is not None else math.ceil(
       num_steps / opt.cycle_steps)
   cycle = optax.cosine_decay_schedule(opt.lr, opt.cycle_steps, alpha=opt.min_lr / opt.lr)
   if cycles <= 1:
@@ -136,11 +134,13 @@ def rng_streams(seed: int) -> dict[str, np.ndarray]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError/FileNotFoundError naming the config field for settings that cannot work."""
+  """Raises a ValueError/OSError naming the config field for settings that cannot work."""
   data = config.data
   if data.name == "vimeo" and not os.path.isdir(str(data.root)):
-    raise FileNotFoundError(
-        f"config.data.root: {data.root} does not exist; expected the Vimeo-90K septuplet layout "
+    is_file = os.path.exists(str(data.root))
+    raise (NotADirectoryError if is_file else FileNotFoundError)(
+        f"config.data.root: {data.root} {'is a file, not a folder' if is_file else 'does not exist'}"
+        f"; expected the Vimeo-90K septuplet layout "
         f"ROOT/sequences/00001/0001/im1.png ... im7.png and the clip list config.data.list_file "
         f"(now {data.list_file!r}; 'train' is the packaged sep_trainlist.txt, or give "
         f"ROOT/sep_trainlist.txt). Set --config.data.root=/path/to/vimeo_septuplet")
@@ -251,10 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   validate_config(config)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  paths.writable_dir(workdir, "--workdir")
 
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
@@ -283,22 +280,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_iter = _make_data_iter(config, per_process_batch)
   manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints,
                                        async_save=config.async_checkpointing)
-  last_good = manager.latest_step()
-  if last_good is not None and checkpointing.is_params_only(manager, last_good):
-    params = checkpointing.restore_start_params(manager, abstract.params, last_good)
-    state = jax.jit(lambda p: new_state(p, tx), out_shardings=state_sharding)(params)
+  restored = checkpointing.restore(manager, abstract, data_iter, model_config=config.model)
+  if restored is not None and restored[2]:  # params only: the start of a new run
+    last_good = restored[1]
+    state = jax.jit(lambda p: new_state(p, tx), out_shardings=state_sharding)(restored[0]["params"])
     progress.note(f"starting from the parameters of step {last_good} in "
                   f"{checkpointing.checkpoint_dir(workdir)} with a fresh optimiser state and data order")
-  elif last_good is not None:
-    state = checkpointing.restore(manager, abstract, data_iter, last_good)
+  elif restored is not None:
+    state, last_good, _ = restored
     progress.note(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
   else:
+    last_good = None
     state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
   start = int(state.step)
   if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if start > config.num_steps:
+    manager.close()
+    progress.note(f"nothing to train: {checkpointing.checkpoint_dir(workdir)} holds step {start}, "
+                  f"past config.num_steps={config.num_steps}. Raise --config.num_steps to train "
+                  f"on, or use --mode=eval to evaluate it.")
+    return {}
+  if is_main:
     progress.note(logging_utils.run_summary(state.params, workdir, config))
 
-  writer = logging_utils.MetricWriter(workdir, enabled=is_main)
+  writer = logging_utils.MetricWriter(workdir, enabled=is_main, resume_step=start)
   validator = (_Validator(config, model)
                if config.eval_every and start < config.num_steps else None)
   next_batch = lambda: {k: to_global(v, data_sharding)
@@ -344,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              metrics={checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
           last_good = step
         if stopping:
-          manager.wait_until_finished()
+          checkpointing.wait(manager)
           name = signal.Signals(stop.signum).name if stop.signum else "a stop request"
           raise Interrupted(
               f"stopped by {name} after step {step}; checkpoint saved in "
@@ -352,17 +359,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               stop.signum or signal.SIGTERM)
         if not is_last:
           batch = next_batch()
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
     saved = manager.all_steps()
+  except BaseException as e:
+    checkpointing.close(manager, failure=e)
+    raise
+  else:
+    checkpointing.close(manager)
   finally:
     if bar is not None:
       bar.close()
-    manager.wait_until_finished()
-    manager.close()
     writer.close()
   progress.note(report.wrote_lines(logging_utils.written(workdir, saved)))
 
-  if config.get("final_eval"):
+  if config.final_eval:
     evaluate.evaluate(config, workdir)
   return last_logged
 

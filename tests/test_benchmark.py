@@ -1,7 +1,11 @@
-"""megan_jax.benchmark: end-to-end on the tiny model, the FLOP plumbing, OOM handling, isolation."""
+"""megan_jax.benchmark: end-to-end on the tiny model, cells from the config, the FLOP plumbing,
+OOM handling, isolation, a clean stop on SIGTERM/SIGINT."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import jax
@@ -9,7 +13,10 @@ import jax.numpy as jnp
 import pytest
 
 from megan_jax import benchmark
+from megan_jax.bench import measure, programs
 from megan_jax.models import model_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RESULT_KEYS = {"mode", "variant", "dtype", "size", "batch", "status", "compile_s", "ms", "times_ms",
                "items_per_s", "flops", "tflops_per_s", "peak_bytes", "peak_source", "device_kind"}
@@ -46,33 +53,33 @@ def test_flops_of_one_conv_match_the_hand_count():
   conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
   args = (jnp.ones((1, h, w, cin)), jnp.ones((3, 3, cin, cout)))
-  result = benchmark.measure(benchmark.Program(conv, args, None, (), items_per_call=1),
-                             warmup=1, repeats=2)
+  result = measure.measure(programs.Program(conv, args, None, (), items_per_call=1),
+                           warmup=1, repeats=2)
   expected = 2 * h * w * cin * cout * 9
   # XLA skips the taps that fall in the zero padding: (1 - 1/64)^2 of the hand count here.
   assert result["flops"] == pytest.approx(expected, rel=0.03)
   assert result["tflops_per_s"] == pytest.approx(result["flops"] / result["ms"] / 1e9)
 
 
-def test_flops_only_counts_loops_at_their_trip_count(monkeypatch):
+def test_flops_only_counts_loops_at_their_trip_count():
   def scanned(cell):  # 7 steps of a (B, 8) @ (8, 8) matmul, in a loop; the twin is unrolled
     x, w = jnp.ones((cell.batch, 8)), jnp.ones((8, 8))
     loop = lambda unroll: jax.jit(lambda a: jax.lax.scan(
         lambda c, _: (c @ w, None), a, None, length=7, unroll=unroll)[0])
-    return benchmark.Program(loop(1), (x,), loop(True), (x,), items_per_call=1)
+    return programs.Program(loop(1), (x,), loop(True), (x,), items_per_call=1)
 
-  monkeypatch.setattr(benchmark, "PROGRAMS", {"infer": scanned, "train": scanned})
   report = benchmark.main(["--variants=tiny", "--mode=infer", "--sizes=4x4", "--infer-batch=3",
-                           "--dtypes=float32", "--flops-only"])
+                           "--dtypes=float32", "--flops-only"],
+                          make_programs={"infer": scanned, "train": scanned})
   [r] = report["results"]
   assert r["status"] == "flops-only" and r["flops"] == 7 * 2 * 3 * 8 * 8
 
 
 def test_total_flops_accepts_dict_list_and_none():
-  assert benchmark.total_flops({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
-  assert benchmark.total_flops([{"flops": 10.0}, {"flops": 5.0}, {}]) == 15.0
-  assert benchmark.total_flops(None) is None
-  assert benchmark.total_flops([{}]) is None
+  assert measure.total_flops({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
+  assert measure.total_flops([{"flops": 10.0}, {"flops": 5.0}, {}]) == 15.0
+  assert measure.total_flops(None) is None
+  assert measure.total_flops([{}]) is None
 
 
 def _fake_programs():
@@ -82,16 +89,16 @@ def _fake_programs():
 
   def small(cell):
     x = jnp.ones((cell.batch, 8))
-    return benchmark.Program(jax.jit(lambda a: a @ a.T), (x,), None, (), items_per_call=1)
+    return programs.Program(jax.jit(lambda a: a @ a.T), (x,), None, (), items_per_call=1)
 
   return {"infer": out_of_memory, "train": small}
 
 
-def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(benchmark, "PROGRAMS", _fake_programs())
+def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, capsys):
   out, trace = tmp_path / "bench.json", tmp_path / "trace"
   benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=2", "--crop=8",
-                  "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}", f"--profile={trace}"])
+                  "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}", f"--profile={trace}"],
+                 make_programs=_fake_programs())
   infer, train = json.loads(out.read_text())["results"]
   assert infer["status"] == "OOM" and "RESOURCE_EXHAUSTED" in infer["error"]
   assert train["status"] == "ok" and train["ms"] > 0
@@ -103,17 +110,17 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("limit", ["time-budget", "deadline"])
-def test_time_limits_skip_the_cells_that_would_not_fit(limit, tmp_path, monkeypatch, capsys):
+def test_time_limits_skip_the_cells_that_would_not_fit(limit, tmp_path, capsys):
   def slow(cell):
     time.sleep(0.5)
     x = jnp.ones((cell.batch, 8))
-    return benchmark.Program(jax.jit(lambda a: a @ a.T), (x,), None, (), items_per_call=1)
+    return programs.Program(jax.jit(lambda a: a @ a.T), (x,), None, (), items_per_call=1)
 
-  monkeypatch.setattr(benchmark, "PROGRAMS", {"infer": slow, "train": slow})
   out = tmp_path / "bench.json"
   benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1", "--crop=8",
                   "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}",
-                  "--time-budget=0.8" if limit == "time-budget" else f"--deadline={time.time() + 0.8}"])
+                  "--time-budget=0.8" if limit == "time-budget" else f"--deadline={time.time() + 0.8}"],
+                 make_programs={"infer": slow, "train": slow})
   saved = json.loads(out.read_text())
   infer, train = saved["results"]
   assert saved["complete"] and infer["status"] == "ok"
@@ -121,43 +128,105 @@ def test_time_limits_skip_the_cells_that_would_not_fit(limit, tmp_path, monkeypa
   assert "| train | tiny | float32 | 8x8 | 1 | skipped |" in capsys.readouterr().out
 
 
-def test_a_passed_deadline_starts_no_cell(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(benchmark, "PROGRAMS", _fake_programs())
+def test_a_passed_deadline_starts_no_cell(tmp_path, capsys):
   out = tmp_path / "bench.json"
   benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1", "--crop=8",
-                  "--no-isolate", f"--deadline={time.time() - 1}", f"--json={out}"])
+                  "--no-isolate", f"--deadline={time.time() - 1}", f"--json={out}"],
+                 make_programs=_fake_programs())
   assert [r["status"] for r in json.loads(out.read_text())["results"]] == ["skipped", "skipped"]
   assert "no cell ran, JAX" in capsys.readouterr().out
 
 
-def test_json_keeps_the_finished_cells_of_an_interrupted_run(tmp_path, monkeypatch):
-  monkeypatch.setattr(benchmark, "PROGRAMS", _fake_programs())
-  real_run_cell = benchmark.run_cell
+def test_json_keeps_the_finished_cells_of_an_interrupted_run(tmp_path, capsys):
+  def interrupted(cell):
+    raise KeyboardInterrupt  # Ctrl-C while the train cell is built
 
-  def run_cell(cell, **kwargs):
-    if cell.mode == "train":
-      raise KeyboardInterrupt  # e.g. the job's time limit
-    return real_run_cell(cell, **kwargs)
-
-  monkeypatch.setattr(benchmark, "run_cell", run_cell)
   out = tmp_path / "bench.json"
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(SystemExit) as info:
     benchmark.main(["--variants=tiny", "--sizes=16x16", "--dtypes=float32", "--batch=1",
-                    "--crop=8", "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}"])
+                    "--crop=8", "--warmup=0", "--repeats=1", "--no-isolate", f"--json={out}"],
+                   make_programs={**_fake_programs(), "train": interrupted})
+  assert info.value.code == 128 + signal.SIGINT
   saved = json.loads(out.read_text())
-  assert not saved["complete"]
+  assert not saved["complete"] and saved["stopped_by"] == "SIGINT"
   assert [(r["mode"], r["status"]) for r in saved["results"]] == [("infer", "OOM")]
+  assert "stopped by SIGINT after 1 of 2 cells" in capsys.readouterr().out
+
+
+def _children(pid: int) -> list[int]:
+  with open(f"/proc/{pid}/task/{pid}/children", encoding="utf-8") as f:
+    return [int(c) for c in f.read().split()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_and_its_cell_subprocess(signum, tmp_path):
+  """Each cell in its own process: the first finishes (its figures are printed at once), the
+  signal comes while the second runs; the run ends, the second's process with it."""
+  out = tmp_path / "bench.json"
+  cmd = [sys.executable, "-m", "megan_jax.benchmark", "--variants=tiny", "--mode=all",
+         "--sizes=8x8", "--dtypes=float32", "--batch=1", "--crop=8", "--warmup=0", "--repeats=1",
+         "--override=use_lmga=false", "--override=attention_impl=full", f"--json={out}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    first = proc.stdout.readline()  # printed when the infer cell has finished
+    assert first.startswith("[benchmark] infer-tiny-float32-8x8-b1: ") and " ms, " in first, (
+        first + proc.stderr.read()[-3000:])
+    deadline = time.time() + 60
+    while not (children := _children(proc.pid)):
+      assert time.time() < deadline and proc.poll() is None, "the train cell did not start"
+      time.sleep(0.05)
+    proc.send_signal(signum)
+    rest, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signum, err[-3000:]
+  name = signal.Signals(signum).name
+  assert "stopped by " + name + " after 1 of 2 cells" in rest
+  assert err.strip().splitlines()[-1] == (
+      f"megan_jax.benchmark: stopped by {name}; wrote the finished cells to {out}")
+  saved = json.loads(out.read_text())
+  assert not saved["complete"] and saved["stopped_by"] == name
+  assert [(r["mode"], r["status"]) for r in saved["results"]] == [("infer", "ok")]
+  for child in children:  # reaped by the run: no orphan left
+    assert not os.path.exists(f"/proc/{child}"), f"cell subprocess {child} still runs"
+
+
+def test_cells_come_from_the_config(tmp_path):
+  """Batch, crop and frame count are the variant config's, not the benchmark's own numbers."""
+  config_file = tmp_path / "five_frames.py"
+  vimeo = os.path.join(REPO, "configs", "vimeo.py")
+  config_file.write_text(
+      "import importlib.util\n"
+      f"spec = importlib.util.spec_from_file_location('vimeo', {vimeo!r})\n"
+      "vimeo = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(vimeo)\n"
+      "def get_config(arg):\n"
+      "  c = vimeo.get_config(arg)\n"
+      "  c.data.num_input_frames, c.data.crop, c.batch_size, c.eval.batch_size = 5, 12, 3, 2\n"
+      "  return c\n")
+  args = benchmark.parse_args(["--variants=tiny", "--sizes=8x8", "--dtypes=float32",
+                               f"--config={config_file}"])
+  infer, train = benchmark.plan(args)
+  assert (infer.batch, train.batch, train.size) == (2, 3, (12, 12))
+  program = programs.infer_program(infer)
+  assert program.args[1].shape == (2, 5, 8, 8, 3) and program.items_per_call == 2 * 9
+  default = benchmark.plan(benchmark.parse_args(["--variants=tiny", "--sizes=8x8",
+                                                 "--dtypes=float32"]))
+  with open(os.path.join(REPO, "configs", "vimeo.py"), encoding="utf-8") as f:
+    paper = f.read()  # the paper setting, read independently of the loader
+  assert "c.batch_size = 16" in paper and "c.data.crop = 32" in paper
+  assert (default[1].batch, default[1].size) == (16, (32, 32))
 
 
 def test_is_oom():
-  assert benchmark.is_oom(MemoryError())
-  assert benchmark.is_oom(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"))
-  assert not benchmark.is_oom(ValueError("frame size 15x16 is not a multiple of 4"))
+  assert measure.is_oom(MemoryError())
+  assert measure.is_oom(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"))
+  assert not measure.is_oom(ValueError("frame size 15x16 is not a multiple of 4"))
 
 
 def test_isolated_cell_reports_errors_from_its_subprocess():
-  cell = benchmark.Cell("infer", "tiny", "float32", (8, 8), 1, (("no_such_field", 1),))
-  record = benchmark.run_cell_isolated(cell, warmup=0, repeats=1, profile_dir=None)
+  cell = programs.Cell("infer", "tiny", "float32", (8, 8), 1, (("no_such_field", 1),))
+  record = measure.run_cell_isolated(cell, warmup=0, repeats=1, profile_dir=None)
   assert record["status"] == "error" and "no_such_field" in record["error"]
   assert record["overrides"] == {"no_such_field": 1}
 

@@ -46,8 +46,9 @@ def test_restore_rewinds_the_data_iterator(tmp_path):
   reference = iter(_dataset())
   want = [next(reference) for _ in range(5)][3:]  # batches 4 and 5 of an uninterrupted pass
   fresh = iter(_dataset())
-  restored = checkpointing.restore(checkpointing.make_manager(str(tmp_path)),
-                                   jax.eval_shape(lambda: _state(0.0)), fresh)
+  restored, step, params_only = checkpointing.restore(checkpointing.make_manager(str(tmp_path)),
+                                                      jax.eval_shape(lambda: _state(0.0)), fresh)
+  assert step == 3 and not params_only
   assert np.asarray(restored["params"]["w"]).tolist() == [1.0] * 3
   np.testing.assert_array_equal(next(fresh), want[0])
   np.testing.assert_array_equal(next(fresh), want[1])

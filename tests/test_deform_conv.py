@@ -1,4 +1,4 @@
-"""kernels.deform_conv2d against an independent numpy loop, lax.conv and finite differences."""
+"""megan_jax.kernels.deform_conv2d against an independent numpy loop, lax.conv and finite differences."""
 
 import functools
 import math
@@ -11,7 +11,7 @@ from jax.ad_checkpoint import print_saved_residuals
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels import deform_conv2d, deform_conv_pallas, deform_sample
+from megan_jax.kernels import deform_conv2d, deform_conv_pallas, deform_sample
 
 IMPLS = ("jnp", "pallas")
 

@@ -21,6 +21,8 @@ from megan_jax.evaluate import (BASELINE, baseline_predict_fn, dataset_name, eva
                                 evaluate_sequences)
 from megan_jax.models import build_model, model_config
 
+from configs import vimeo  # pylint: disable=wrong-import-order
+
 CLIPS = {"clip2": (9, 50, 66), "clip10": (13, 44, 60)}  # name: (frames, H, W); natural order 2 < 10
 
 
@@ -182,12 +184,9 @@ def _checkpoint(workdir, model_cfg):
 def test_evaluate_end_to_end(tmp_path, capsys):
   root = _write_folder(tmp_path / "data", {"a": (7, 120, 184)})  # LR 30x46, as in test_infer
   workdir = str(tmp_path / "workdir")
-  config = ml_collections.ConfigDict()
-  config.model = model_config("tiny")
-  config.data = ml_collections.ConfigDict({"num_input_frames": 4})
-  config.eval = ml_collections.ConfigDict({
-      "datasets": [_spec(kind="folders", root=root, name="Tiny")], "step": None, "max_clips": None,
-      "save_frames": True, "save_crops": True, "progress": False})
+  config = vimeo.get_config("tiny")
+  config.eval.datasets = [_spec(kind="folders", root=root, name="Tiny")]
+  config.eval.save_frames, config.eval.progress = True, False
   with pytest.raises(FileNotFoundError, match="workdir"):
     evaluate(config, workdir)
   _checkpoint(workdir, config.model)

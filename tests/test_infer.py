@@ -16,7 +16,9 @@ from megan_jax import checkpointing
 from megan_jax import infer as infer_module
 from megan_jax.data.sources import ArraySequence
 from megan_jax.infer import infer, infer_windows, upscale_frames
-from megan_jax.models import build_model, model_config
+from megan_jax.models import build_model
+
+from configs import vimeo  # pylint: disable=wrong-import-order
 
 H, W, N, FPS = 30, 46, 9, 10  # source video: odd multiples of 2, so the model input is padded
 
@@ -43,11 +45,8 @@ def _source_frames():
 def run(tmp_path_factory):
   """A workdir with a checkpoint of the tiny model (random weights), its config and a video."""
   root = tmp_path_factory.mktemp("infer")
-  config = ml_collections.ConfigDict()
-  config.model = model_config("tiny")
-  config.data = ml_collections.ConfigDict({"num_input_frames": 4})
-  config.infer = ml_collections.ConfigDict(
-      {"input": "", "output": "", "tile": None, "tile_overlap": 16, "progress": False})
+  config = vimeo.get_config("tiny")
+  config.infer.progress = False
   model = build_model(config.model)
   keys = {"params": jax.random.key(0), "lmga": jax.random.key(1)}
   shapes = jax.eval_shape(lambda: model.init(keys, jnp.zeros((1, 4, 16, 16, 3)), train=False))

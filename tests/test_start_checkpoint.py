@@ -50,7 +50,8 @@ def test_start_params_of_another_model_and_a_used_workdir_are_clear_errors(data_
   config = train_fakes.fast_config("tiny", data_root, num_steps=1)
   workdir = str(tmp_path / "w")
   checkpointing.save_params(workdir, {"Conv_0": {"kernel": jnp.zeros((3, 3, 3, 5))}})
-  with pytest.raises(ValueError, match=r"checkpoints/0: its parameters do not fit config.model"):
+  with pytest.raises(ValueError,
+                     match=r"\(step 0\): the checkpoint.s parameters do not fit config.model"):
     train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   with pytest.raises(ValueError, match="already holds checkpoints.*choose a new --workdir"):
     checkpointing.save_params(workdir, {"w": jnp.zeros(2)})

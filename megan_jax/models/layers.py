@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kernels import deform_conv2d
+from megan_jax.kernels import deform_conv2d
 
 Dtype = Any
 

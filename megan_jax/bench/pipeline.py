@@ -1,8 +1,10 @@
 """Throughput of the Vimeo-90K training pipeline (samples/s), and its per-stage costs.
 
-    python -m megan_jax.data.bench_pipeline --root /path/to/vimeo_septuplet --workers 0 1 2
+    python -m megan_jax.bench.pipeline --root /path/to/vimeo_septuplet --workers 0 1 2
 
-Prints a markdown table for docs/BENCHMARKS.md. The clips are read repeatedly (the
+The pipeline is configured as `configs/vimeo.py` (`--config`) configures a training run's
+(`config.data`: crop, frames, augmentation), with the root, list, workers and read threads of the
+command line. Prints a markdown table for docs/BENCHMARKS.md. The clips are read repeatedly (the
 pipeline repeats forever), so after the first pass they come from the page cache. A small
 list is tiled (`--tile`) to a realistic length: grain's index shuffle costs milliseconds
 per record on an 8-record list but microseconds on a 64k one.
@@ -15,11 +17,11 @@ import platform
 import tempfile
 import time
 
-import ml_collections
 import numpy as np
 
+from megan_jax.bench.programs import DEFAULT_CONFIG, load_config
 from megan_jax.data.augment import downscale, random_augment, random_crop
-from megan_jax.data.pipeline import make_train_iter
+from megan_jax.data.pipeline import SCALE, make_train_iter
 from megan_jax.data.vimeo import INPUT_FRAMES, VimeoSeptuplet, read_frames, read_list
 
 
@@ -48,13 +50,13 @@ def stage_costs(data: VimeoSeptuplet, crop: int, repeats: int) -> dict:
   """Median ms per sample of each stage, in this process (one core)."""
   rng = np.random.default_rng(0)
   gt = read_frames(data.frame_paths(0))  # (7, H, W, 3)
-  lr_patch, gt_patch = random_crop(gt, crop, 4, rng)
+  lr_patch, gt_patch = random_crop(gt, crop, SCALE, rng)
   return {
       "decode 7 PNG frames": _ms(lambda: read_frames(data.frame_paths(0)), repeats),
       "bicubic x1/4 of the 4 full input frames (reference, not used)": _ms(
-          lambda: downscale(gt[list(INPUT_FRAMES)], 4), repeats),
+          lambda: downscale(gt[list(INPUT_FRAMES)], SCALE), repeats),
       "random crop + bicubic x1/4 of the crop with margin (used)": _ms(
-          lambda: random_crop(gt, crop, 4, rng), repeats),
+          lambda: random_crop(gt, crop, SCALE, rng), repeats),
       "augment (flips, rotation, reversal)": _ms(
           lambda: random_augment(lr_patch, gt_patch, rng), repeats),
   }
@@ -88,7 +90,9 @@ def main() -> None:
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--batches", type=int, default=25)
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--crop", type=int, default=32)
+  parser.add_argument("--config", default=DEFAULT_CONFIG,
+                      help="the training config whose `data` the pipeline runs (default: %(default)s)")
+  parser.add_argument("--crop", type=int, help="LR crop (default: the config's data.crop)")
   parser.add_argument("--repeats", type=int, default=20, help="stage timing repeats")
   args = parser.parse_args()
 
@@ -101,10 +105,9 @@ def main() -> None:
 
 
 def report(args, clips: list, list_file: str) -> None:
-  cfg = ml_collections.ConfigDict({
-      "name": "vimeo", "root": args.root, "list_file": list_file, "lr_root": None,
-      "crop": args.crop, "num_input_frames": 4, "augment": True,
-      "read_threads": args.read_threads})
+  cfg = load_config(args.config, "megan").data
+  cfg.update(root=args.root, list_file=list_file, read_threads=args.read_threads,
+             crop=args.crop or cfg.crop)
   data = VimeoSeptuplet(args.root, list_file)
   h, w = read_frames(data.frame_paths(0)).shape[1:3]
   print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
@@ -115,7 +118,7 @@ def report(args, clips: list, list_file: str) -> None:
         "process (worker processes get 1 unless set)")
   print(f"load average before: {os.getloadavg()}")
   print("\n| stage (one core) | ms / sample |\n|---|---|")
-  for name, ms in stage_costs(data, args.crop, args.repeats).items():
+  for name, ms in stage_costs(data, cfg.crop, args.repeats).items():
     print(f"| {name} | {ms:.1f} |")
   print("\n| workers | read threads | batch | first batch (s) | samples/s |\n|---|---|---|---|---|")
   for workers in args.workers:
