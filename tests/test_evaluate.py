@@ -230,7 +230,7 @@ def test_dataset_names():
 
 
 def test_evaluate_without_datasets_is_a_clear_error(tmp_path):
-  config = ml_collections.ConfigDict({"model": model_config("tiny"),
-                                      "eval": {"datasets": []}})
+  config = vimeo.get_config("tiny")
+  config.eval.datasets = []
   with pytest.raises(ValueError, match="config.eval.datasets"):
     evaluate(config, str(tmp_path))

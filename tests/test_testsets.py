@@ -83,9 +83,10 @@ def test_evaluate_prints_the_table_in_paper_order_with_progress(roots, tmp_path,
       jax.random.key(0), jnp.zeros((1, 4, 8, 8, 3)))["params"])()
   workdir = str(tmp_path / "w")
   checkpointing.save_params(workdir, params)
-  config = ml_collections.ConfigDict({"model": {"name": "toy"}, "data": {"num_input_frames": 4}})
-  config.eval = _eval_config(vid4=roots["vid4"], vimeo=roots["vimeo"], adobe=roots["adobe"],
-                             max_clips=1, save_crops=False, progress=True)
+  config = train_fakes.fast_config("tiny", roots["vimeo"])
+  config.model.name = "toy"
+  config.eval.update(dict(vid4=roots["vid4"], vimeo=roots["vimeo"], adobe=roots["adobe"],
+                          max_clips=1, save_crops=False, progress=True))
   out = evaluate.evaluate(config, workdir)
   captured = capsys.readouterr()
   header = next(l for l in captured.out.splitlines() if l.startswith("Method")).split()
