@@ -84,6 +84,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.label = placeholder(str)    # the model's row in the table; None: model.name in capitals
   c.eval.progress = True             # progress bars on stderr
 
+  c.pretrained = placeholder(str)    # parameters to start an empty workdir from: a packaged name or .npz
+
+  c.export = ml_collections.ConfigDict()
+  c.export.output = placeholder(str)  # --mode=export writes the parameters here; None: WORKDIR/params.npz
+  c.export.step = placeholder(int)    # checkpoint to export; None: the latest
+
   c.infer = ml_collections.ConfigDict()
   c.infer.input = placeholder(str)   # a video file or a folder of frames
   c.infer.output = placeholder(str)  # .mp4/.mkv/.mov/.avi, or a folder for PNG frames

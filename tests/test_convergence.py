@@ -60,8 +60,7 @@ def clip_root(tmp_path_factory):
   return str(root)
 
 
-def _train_and_score(root: str, workdir: str, monkeypatch) -> tuple[float, float]:
-  monkeypatch.setattr("megan_jax.models.build_model", lambda cfg: ResidualToyModel())
+def _train_and_score(root: str, workdir: str) -> tuple[float, float]:
   sys.path.insert(0, train_fakes.REPO)
   from configs import vimeo  # pylint: disable=import-outside-toplevel
   config = vimeo.get_config("tiny")
@@ -71,7 +70,7 @@ def _train_and_score(root: str, workdir: str, monkeypatch) -> tuple[float, float
   config.optimizer.lr, config.optimizer.min_lr, config.optimizer.cycle_steps = 2e-3, 2e-4, STEPS
   config.log_every, config.checkpoint_every, config.eval_every = STEPS, STEPS, 0
   config.async_checkpointing = False
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, ResidualToyModel())
   params, _ = checkpointing.restore_params(workdir)
   sequences = list_sequences(root)
   model = evaluate.evaluate_sequences(predict.make_predict_fn(ResidualToyModel(), params),
@@ -81,8 +80,8 @@ def _train_and_score(root: str, workdir: str, monkeypatch) -> tuple[float, float
   return model, base
 
 
-def test_short_training_beats_bicubic(clip_root, tmp_path, monkeypatch):
-  model, base = _train_and_score(clip_root, str(tmp_path), monkeypatch)
+def test_short_training_beats_bicubic(clip_root, tmp_path):
+  model, base = _train_and_score(clip_root, str(tmp_path))
   print(f"model {model:.3f} dB, bicubic + blending {base:.3f} dB")
   assert model > base + MARGIN_DB
 
@@ -96,6 +95,6 @@ def test_lr_crop_one_pixel_off_does_not_beat_bicubic(clip_root, tmp_path, monkey
     return crop_lr(frames, y, x, crop, scale)
 
   monkeypatch.setattr(augment, "downscale_crop", shifted)
-  model, base = _train_and_score(clip_root, str(tmp_path), monkeypatch)
+  model, base = _train_and_score(clip_root, str(tmp_path))
   print(f"model {model:.3f} dB, bicubic + blending {base:.3f} dB")
   assert model < base + MARGIN_DB / 2
