@@ -25,7 +25,8 @@ _DEMO.loader.exec_module(demo)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = demo.get_config()
-  c.data.extra = ()
+  c.pretrained = None
+  c.eval.label = None
   c.num_steps = 3000
   c.optimizer.lr = 4e-4
   c.optimizer.min_lr = 1e-5
