@@ -1,8 +1,8 @@
-r"""MEGAN on Vimeo-90K septuplets, the paper's setting (Sec. 4.1).
+r"""MEGAN on Vimeo-90K septuplets, the paper's setting (Sec. 3.5-3.6, Sec. 4.1).
 
     python -m megan_jax.main --config=configs/vimeo.py --workdir=runs/megan \
         --config.data.root=/data/vimeo_septuplet
-    python -m megan_jax.main --config=configs/vimeo.py:no_lmga ...   # Table 3 ablations:
+    python -m megan_jax.main --config=configs/vimeo.py:no_lmga ...   # Table 2 ablations:
         # :no_lmga, :no_nlrb, and :zsm (the Zooming Slow-Mo structure, trained identically)
 
 Batch 16 of 4 x 32x32 LR crops (7 x 128x128 GT), Adam (0.9, 0.99), cosine annealing from 1e-4

@@ -2,7 +2,8 @@
 
 Every LR input frame is upscaled with MATLAB-compatible bicubic `imresize`; every missing
 in-between frame is the average of its two upscaled neighbours. Values are neither rounded nor
-clipped (the metrics round to uint8).
+clipped (the metrics round to uint8). The evaluation scores `bicubic_blend_np`; the model's
+`model.global_residual` adds `bicubic_blend_jnp`, the same kernel (`data.imresize.resize_matrix`).
 """
 
 import jax

@@ -11,7 +11,6 @@ MEGAN's non-local blocks and LMGA see the whole tile, so for MEGAN itself tiling
 approximation: use tiles as large as memory allows.
 """
 
-import copy
 from collections.abc import Mapping
 
 import flax
@@ -88,7 +87,7 @@ def _compiled(model, dtype) -> _Compiled:
       _CACHE.remove(entry)
       _CACHE.append(entry)
       return entry
-  entry = _Compiled(copy.deepcopy(model), dtype)  # a copy: later edits of the config do not leak in
+  entry = _Compiled(model, dtype)  # models hold a frozen ModelSpec: later config edits cannot reach it
   _CACHE.append(entry)
   del _CACHE[:-_CACHE_SIZE]
   return entry

@@ -1,5 +1,7 @@
 """The network: shapes, parameter counts (derived by hand), gradients, determinism, NLRB vs numpy."""
 
+import os
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from megan_jax.models import build_model, model_config
+from megan_jax.models.layers import ConvSpec
 from megan_jax.models.nonlocal_block import NonLocalResidualBlock, chunked_attention
 
 
@@ -14,10 +17,10 @@ def conv(cin, cout, k=3):
   return k * k * cin * cout + cout
 
 
-def expected_param_count(variant):
+def expected_param_count(cfg, num_input_frames=4):
   """Parameter count derived from the architecture description, conv by conv."""
-  cfg = model_config(variant)
   c, g = cfg.nf, cfg.groups
+  t_in, t_out = num_input_frames, 2 * num_input_frames - 1
   dcn = conv(c, c) + conv(c, 3 * g * 9)                  # weight + offset/mask conv
   pcd_one_way = (conv(2 * c, c) + conv(c, c) + dcn                                  # level 3
                  + 2 * (conv(2 * c, c) + conv(2 * c, c) + conv(c, c) + dcn + conv(2 * c, c)))
@@ -28,38 +31,52 @@ def expected_param_count(variant):
   lstm = 2 * state_align + conv(2 * c, 4 * c) + conv(2 * c, c, 1)
   front = conv(3, c) + cfg.front_convs * conv(c, c) + cfg.front_rbs * 2 * conv(c, c)
   if cfg.use_nlrb:
-    e = cfg.nlrb_embed
-    front += cfg.nlrb_blocks * (3 * conv(c, e, 1) + conv(e, c, 1))
+    e, r = cfg.nlrb_embed, cfg.nlrb_block
+    d = r * r * c * (t_in if cfg.nlrb_scope == "spacetime" else 1)  # channels of a space-time token
+    front += cfg.nlrb_blocks * (3 * conv(d, e, 1) + conv(e, d, 1))
   lmga = 0
   if cfg.use_lmga:
-    lmga = 3 * conv(c, c) + conv(c, c) + conv(c, 1) + cfg.lmga_layers * conv(c, c) + 2 * conv(c, c)
-  frames = 7
-  pfrdb = cfg.pfrdb_blocks * (conv(c, c) + conv(frames * c, c, 1) + conv(2 * c, c)) if cfg.use_pfrdb else 0
+    embed = conv(2 * c if cfg.lmga_node_embed == "concat" else c, c) + 2 * conv(c, c)
+    graphs = cfg.lmga_layers if cfg.lmga_graph == "per_layer" else 1
+    edges = graphs * (conv(c, c) + conv(c, 1))
+    refine = conv(2 * c if cfg.lmga_output == "concat" else c, c) + conv(c, c)
+    lmga = embed + edges + cfg.lmga_layers * conv(c, c) + refine
+  pfrdb = cfg.pfrdb_blocks * (conv(c, c) + conv(t_out * c, c, 1) + conv(2 * c, c)) if cfg.use_pfrdb else 0
   recon = pfrdb + cfg.back_rbs * 2 * conv(c, c)
   hr = cfg.hr_features
   up = conv(c, 4 * c) + conv(c, 4 * hr) + conv(hr, hr) + conv(hr, 3)
   return front + pyramid + interp + lstm + lmga + recon + up
 
 
-def count(variant):
-  model = build_model(model_config(variant))
+def count(cfg):
+  model = build_model(cfg)
   x = jax.ShapeDtypeStruct((1, 4, 16, 16, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), x)
   return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
 
 
 def test_zsm_matches_official_parameter_count():
-  assert expected_param_count("zsm") == 11_102_771  # the official ZSM (LunaTokis, back_RBs=40)
-  assert count("zsm") == 11_102_771
+  assert expected_param_count(model_config("zsm")) == 11_102_771  # the official ZSM (LunaTokis, 40 RBs)
+  assert count(model_config("zsm")) == 11_102_771
 
 
 @pytest.mark.parametrize("variant", ["megan", "no_lmga", "no_nlrb", "small", "tiny"])
 def test_parameter_counts(variant):
-  assert count(variant) == expected_param_count(variant)
+  assert count(model_config(variant)) == expected_param_count(model_config(variant))
+
+
+def test_parameter_count_of_the_alternative_readings():
+  cfg = model_config("megan")
+  cfg.update(front_order="convs_first", nlrb_scope="frame", nlrb_block=1, lmga_pool="clip",
+             lmga_node_embed="separate", lmga_graph="shared", lmga_self_loops=True,
+             lmga_output="residual", pfrdb_slope=0.1)
+  assert count(cfg) == expected_param_count(cfg) == 10_377_140  # the model before issue 11
 
 
 def test_megan_has_about_10_7m_parameters():
-  assert abs(count("megan") - 10.7e6) / 10.7e6 < 0.05
+  """Table 1 and Sec. 3.6 report 10.7M; the faithful readings give 10,736,053 (+0.34%)."""
+  n = count(model_config("megan"))
+  assert n == 10_736_053 and abs(n - 10.7e6) / 10.7e6 < 0.01
 
 
 TINY = build_model(model_config("tiny"))
@@ -138,13 +155,12 @@ def test_same_inputs_and_key_give_same_output(tiny):
 
 def test_training_global_pool_is_random_and_eval_is_deterministic(tiny):
   model, params, x = tiny
-  # Perturb the LMGA edge function so that the choice of global frames changes the output.
-  p = jax.tree_util.tree_map(lambda a: a, flax.core.unfreeze(params))
-  key = jax.random.key(9)
-  for name in ("edge1", "edge2", "graph1", "graph2", "refine1", "refine2"):
-    k = p["params"]["lmga"][name]["Conv_0"]["kernel"]
-    key, sub = jax.random.split(key)
-    p["params"]["lmga"][name]["Conv_0"]["kernel"] = jax.random.normal(sub, k.shape) * 0.5
+  # Perturb LMGA's kernels so that the choice of global frames changes the output.
+  p = flax.core.unfreeze(params)
+  leaves, tree = jax.tree_util.tree_flatten(p["params"]["lmga"])
+  keys = jax.random.split(jax.random.key(9), len(leaves))
+  p["params"]["lmga"] = jax.tree_util.tree_unflatten(
+      tree, [a + 0.5 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
   train = jax.jit(lambda p, x, k: model.apply(p, x, train=True, rngs={"lmga": k}))
   outs = [np.asarray(train(p, x, jax.random.key(s))) for s in range(4)]
   assert any(not np.array_equal(outs[0], o) for o in outs[1:])
@@ -164,29 +180,67 @@ def test_bfloat16_compute_keeps_float32_params():
   assert float(jnp.max(jnp.abs(y - y32))) < 0.05
 
 
-def numpy_nonlocal(x, wu, bu, wv, bv, wg, bg, wz, bz):
-  """Eq. (1)-(3) with the full (HW x HW) matrix, in float64 numpy."""
-  h, w, c = x.shape
-  flat = x.reshape(h * w, c).astype(np.float64)
-  u, v, g = flat @ wu + bu, flat @ wv + bv, flat @ wg + bg
-  s = u @ v.T
-  s = np.exp(s - s.max(axis=1, keepdims=True))
-  y = (s / s.sum(axis=1, keepdims=True)) @ g
-  return (flat + y @ wz + bz).reshape(h, w, c)
+def numpy_tokens(x, span, r):
+  """PFNL's rearrangement written as loops: frames concatenated on channels (span "spacetime") or
+  kept apart ("frame"), then tf.space_to_depth(r): token (i, j) holds x[t, i r + dy, j r + dx, c] at
+  channel (dy r + dx) T' C + t' C + c. Returns (groups, positions, channels) and the inverse map."""
+  t, h, w, c = x.shape
+  frames = [list(range(t))] if span == "spacetime" else [[k] for k in range(t)]
+  where = []  # for every (group, position, channel): the (t, y, x, c) it comes from
+  for group in frames:
+    rows = []
+    for i in range(h // r):
+      for j in range(w // r):
+        rows.append([(f, i * r + dy, j * r + dx, ch) for dy in range(r) for dx in range(r)
+                     for f in group for ch in range(c)])
+    where.append(rows)
+  where = np.array(where)  # (G, N, D, 4)
+  return x[tuple(np.moveaxis(where, -1, 0))].astype(np.float64), where
 
 
-@pytest.mark.parametrize("impl,chunk", [("chunked", 7), ("chunked", 1024), ("full", 0), ("xla", 0)])
-def test_nonlocal_block_matches_numpy_reference(impl, chunk):
-  block = NonLocalResidualBlock(features=6, embed=3, impl=impl, chunk=chunk)
-  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 6))
-  params = block.init(jax.random.key(1), x)
-  y = np.asarray(block.apply(params, x))
+def numpy_nonlocal(x, span, r, wu, bu, wv, bv, wg, bg, wz, bz):
+  """Eq. (1)-(3) with the full (N x N) matrix over the tokens, in float64 numpy. x: (T, H, W, C)."""
+  tokens, where = numpy_tokens(x, span, r)
+  out = x.astype(np.float64).copy()
+  for flat, idx in zip(tokens, where):
+    u, v, g = flat @ wu + bu, flat @ wv + bv, flat @ wg + bg
+    s = u @ v.T
+    s = np.exp(s - s.max(axis=1, keepdims=True))
+    z = (s / s.sum(axis=1, keepdims=True)) @ g @ wz + bz
+    out[tuple(np.moveaxis(idx, -1, 0))] += z
+  return out
+
+
+def nlrb(span, block, impl="chunked", chunk=1024, features=6, embed=3):
+  return NonLocalResidualBlock(ConvSpec(features, 1, jnp.float32, "jnp"), embed, span, block, impl, chunk)
+
+
+@pytest.mark.parametrize("span,block,impl,chunk", [
+    ("spacetime", 2, "chunked", 7), ("spacetime", 2, "full", 0), ("spacetime", 2, "xla", 0),
+    ("spacetime", 1, "chunked", 1024), ("frame", 1, "chunked", 7), ("frame", 2, "xla", 0)])
+def test_nonlocal_block_matches_numpy_reference(span, block, impl, chunk):
+  block_ = nlrb(span, block, impl, chunk)
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 6, 6))  # (B, T, H, W, C)
+  params = block_.init(jax.random.key(1), x)
+  y = np.asarray(block_.apply(params, x))
   p = params["params"]
   get = lambda n: (np.asarray(p[n]["Conv_0"]["kernel"][0, 0], np.float64),
                    np.asarray(p[n]["Conv_0"]["bias"], np.float64))
   for i in range(2):
-    ref = numpy_nonlocal(np.asarray(x[i]), *get("u"), *get("v"), *get("g"), *get("w_z"))
+    ref = numpy_nonlocal(np.asarray(x[i]), span, block, *get("u"), *get("v"), *get("g"), *get("w_z"))
     np.testing.assert_allclose(y[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_nonlocal_block_attends_over_the_clip_in_spacetime_only():
+  """Issue 11, finding 1: with span "spacetime" the output at frame 0 depends on frame 2 (PFNL attends
+  over all frames jointly); with "frame" it does not."""
+  x = jax.random.normal(jax.random.key(0), (1, 3, 4, 4, 6))
+  x2 = x.at[:, 2].add(1.0)
+  for span, changes in (("spacetime", True), ("frame", False)):
+    block = nlrb(span, 2)
+    params = block.init(jax.random.key(1), x)
+    diff = float(jnp.max(jnp.abs(block.apply(params, x)[:, 0] - block.apply(params, x2)[:, 0])))
+    assert (diff > 1e-4) == changes, (span, diff)
 
 
 @pytest.mark.parametrize("dtype,embed", [(jnp.float32, 32), (jnp.bfloat16, 12)])
@@ -209,10 +263,10 @@ def test_chunked_attention_gradient_matches_full():
 
 
 def test_nonlocal_block_runs_on_a_vid4_sized_frame():
-  """180x144 = 25,920 positions: the full matrix would be 2.7 GB per frame; the chunked path is not."""
-  block = NonLocalResidualBlock(features=8, embed=4, impl="chunked", chunk=2048)
-  x = jnp.ones((1, 144, 180, 8))
-  params = block.init(jax.random.key(0), x[:, :8, :8])
+  """180x144 = 25,920 positions per frame: the full matrix would be 2.7 GB; the chunked path is not."""
+  block = nlrb("frame", 1, "chunked", 2048, features=8, embed=4)
+  x = jnp.ones((1, 1, 144, 180, 8))
+  params = block.init(jax.random.key(0), x[:, :, :8, :8])
   compiled = jax.jit(block.apply).lower(params, x).compile()
   mem = compiled.memory_analysis()
   if mem is not None:
@@ -223,10 +277,10 @@ def test_nonlocal_block_runs_on_a_vid4_sized_frame():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_global_residual_adds_bicubic_and_blending(dtype):
-  """With the reconstruction's last conv zeroed the output is exactly the baseline, which away from
-  the borders equals MATLAB bicubic x4 of the inputs and the mean of neighbours in between. With
-  bfloat16 compute too: the baseline must see the float32 frames (k/255 is rarely a bfloat16, and
-  rounding the inputs moves the baseline by up to 2e-3)."""
+  """With the reconstruction's last conv zeroed the output is exactly the evaluation baseline: MATLAB
+  bicubic x4 of the inputs (borders included) and the mean of neighbours in between. With bfloat16
+  compute too: the baseline must see the float32 frames (k/255 is rarely a bfloat16, and rounding the
+  inputs moves the baseline by up to 2e-3)."""
   from megan_jax.data.imresize import imresize_np
   cfg = model_config("tiny")
   cfg.global_residual = True
@@ -238,8 +292,25 @@ def test_global_residual_adds_bicubic_and_blending(dtype):
   last["kernel"], last["bias"] = jnp.zeros_like(last["kernel"]), jnp.zeros_like(last["bias"])
   y = np.asarray(jax.jit(model.apply)(params, x))[0]  # (5, 32, 32, 3)
   up = imresize_np(np.asarray(x[0], np.float64), 4)  # (3, 32, 32, 3)
-  inner = (slice(8, -8), slice(8, -8))
   for i in range(3):
-    np.testing.assert_allclose(y[2 * i][inner], up[i][inner], atol=1e-5)
+    np.testing.assert_allclose(y[2 * i], up[i], atol=1e-5)
   for i in range(2):
-    np.testing.assert_allclose(y[2 * i + 1], 0.5 * (y[2 * i] + y[2 * i + 2]), atol=1e-6)
+    np.testing.assert_allclose(y[2 * i + 1], 0.5 * (up[i] + up[i + 1]), atol=1e-5)
+
+
+def test_zsm_forward_is_pinned():
+  """`:zsm` stays the Zooming Slow-Mo network exactly: its parameter tree (names and shapes) and its
+  forward are pinned by a fixture made from the code before the MEGAN-specific readings changed
+  (issue 11), at toy width, with the zero-initialised offset/mask convs moved so that the deformable
+  sampling is pinned too. A converter maps the official ZSM state_dict onto this tree."""
+  ref = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "zsm_toy_forward.npz"))
+  cfg = model_config("zsm")
+  cfg.nf, cfg.groups, cfg.front_rbs, cfg.back_rbs, cfg.hr_features = 4, 2, 1, 1, 4
+  model = build_model(cfg)
+  x = ref["input"]  # (1, 3, 8, 12, 3)
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x))["params"]
+  want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(shapes, sep="/").items()}
+  stored = {k.removeprefix("params/"): ref[k] for k in ref.files if k.startswith("params/")}
+  assert {k: v.shape for k, v in stored.items()} == want
+  y = jax.jit(model.apply)({"params": flax.traverse_util.unflatten_dict(stored, sep="/")}, x)
+  np.testing.assert_allclose(np.asarray(y), ref["output"], rtol=0, atol=1e-6)

@@ -16,37 +16,33 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from megan_jax.models.layers import Conv, Dtype, ModulatedDeformConv, lrelu, upsample2x_bilinear
+from megan_jax.models.layers import Conv, ConvSpec, ModulatedDeformConv, lrelu, upsample2x_bilinear
 
 Pyramid = tuple[jax.Array, jax.Array, jax.Array]  # (L1, L2, L3): full, 1/2 and 1/4 resolution
 
 
 class FeaturePyramid(nn.Module):
   """Levels 2 and 3 of the feature pyramid: two (stride-2 conv, conv) pairs with LeakyReLU."""
-  features: int
-  dtype: Dtype = jnp.float32
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, l1: jax.Array) -> Pyramid:
-    l2 = lrelu(Conv(self.features, stride=2, dtype=self.dtype, name="l2_conv1")(l1))
-    l2 = lrelu(Conv(self.features, dtype=self.dtype, name="l2_conv2")(l2))
-    l3 = lrelu(Conv(self.features, stride=2, dtype=self.dtype, name="l3_conv1")(l2))
-    l3 = lrelu(Conv(self.features, dtype=self.dtype, name="l3_conv2")(l3))
+    c, dtype = self.spec.features, self.spec.dtype
+    l2 = lrelu(Conv(c, stride=2, dtype=dtype, name="l2_conv1")(l1))
+    l2 = lrelu(Conv(c, dtype=dtype, name="l2_conv2")(l2))
+    l3 = lrelu(Conv(c, stride=2, dtype=dtype, name="l3_conv1")(l2))
+    l3 = lrelu(Conv(c, dtype=dtype, name="l3_conv2")(l3))
     return l1, l2, l3
 
 
 class PCDAlignOneWay(nn.Module):
   """Aligns pyramid `a` towards pyramid `b`: Eq. (4)-(5) for one direction (ZSM's `*_1` or `*_2` branch)."""
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  deform_impl: str = "jnp"
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, a: Pyramid, b: Pyramid) -> jax.Array:
-    conv = lambda name: Conv(self.features, dtype=self.dtype, name=name)
-    dconv = lambda name: ModulatedDeformConv(self.features, self.groups, self.dtype,
-                                             self.deform_impl, name=name)
+    conv = lambda name: Conv(self.spec.features, dtype=self.spec.dtype, name=name)
+    dconv = lambda name: ModulatedDeformConv(self.spec, name=name)
     # Level 3 (1/4 resolution).
     off = lrelu(conv("l3_offset_conv1")(jnp.concatenate([a[2], b[2]], -1)))
     off = lrelu(conv("l3_offset_conv2")(off))
@@ -67,15 +63,11 @@ class PCDAlignOneWay(nn.Module):
 
 class PCDAlign(nn.Module):
   """Both directions of Eq. (4)-(5); returns [T_a, T_b] concatenated on channels (B, H, W, 2C)."""
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  deform_impl: str = "jnp"
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, a: Pyramid, b: Pyramid) -> jax.Array:
-    one_way = lambda name: PCDAlignOneWay(self.features, self.groups, self.dtype, self.deform_impl,
-                                          name=name)
+    one_way = lambda name: PCDAlignOneWay(self.spec, name=name)
     return jnp.concatenate([one_way("forward")(a, b), one_way("backward")(b, a)], -1)
 
 
@@ -84,10 +76,7 @@ class FeatureInterpolation(nn.Module):
 
   All n pairs are aligned in one batched call (pairs folded into the batch axis).
   """
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  deform_impl: str = "jnp"
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, pyramid: Pyramid) -> jax.Array:
@@ -95,6 +84,6 @@ class FeatureInterpolation(nn.Module):
     fold = lambda x: x.reshape((b * (t - 1),) + x.shape[2:])
     first = tuple(fold(level[:, :-1]) for level in pyramid)
     second = tuple(fold(level[:, 1:]) for level in pyramid)
-    aligned = PCDAlign(self.features, self.groups, self.dtype, self.deform_impl, name="pcd")(first, second)
-    mid = Conv(self.features, kernel=1, dtype=self.dtype, name="fusion")(aligned)  # Eq. (6)
+    aligned = PCDAlign(self.spec, name="pcd")(first, second)
+    mid = Conv(self.spec.features, kernel=1, dtype=self.spec.dtype, name="fusion")(aligned)  # Eq. (6)
     return mid.reshape((b, t - 1) + mid.shape[1:])  # (B, n, H, W, C)

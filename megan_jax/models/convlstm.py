@@ -1,4 +1,4 @@
-"""Bidirectional deformable ConvLSTM, Sec. 3.2, Eq. (7)-(11) (ZSM's `BiDeformableConvLSTM`).
+"""Bidirectional deformable ConvLSTM, Sec. 3.3, Eq. (7)-(11) (ZSM's `BiDeformableConvLSTM`).
 
 At every step the previous hidden and cell states are first aligned to the current input feature by
 deformable alignment (Eq. (7)-(8): a PCD module per state, each with its own 3-level pyramid), then the
@@ -17,40 +17,34 @@ import jax
 import jax.numpy as jnp
 
 from megan_jax.models.alignment import FeaturePyramid, PCDAlign
-from megan_jax.models.layers import Conv, Dtype
+from megan_jax.models.layers import Conv, ConvSpec
 
 
 class StateAlignment(nn.Module):
   """ZSM's `Easy_PCD`: aligns a recurrent state to the current input (Eq. (7) or (8))."""
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  deform_impl: str = "jnp"
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, state: jax.Array) -> jax.Array:
     b = x.shape[0]  # x, state: (B, H, W, C)
-    pyramid = FeaturePyramid(self.features, self.dtype, name="pyramid")(jnp.concatenate([x, state], 0))
+    pyramid = FeaturePyramid(self.spec, name="pyramid")(jnp.concatenate([x, state], 0))
     first = tuple(level[:b] for level in pyramid)
     second = tuple(level[b:] for level in pyramid)
-    aligned = PCDAlign(self.features, self.groups, self.dtype, self.deform_impl, name="pcd")(first, second)
-    return Conv(self.features, kernel=1, dtype=self.dtype, name="fusion")(aligned)
+    aligned = PCDAlign(self.spec, name="pcd")(first, second)
+    return Conv(self.spec.features, kernel=1, dtype=self.spec.dtype, name="fusion")(aligned)
 
 
 class DeformableConvLSTMCell(nn.Module):
   """One time step, Eq. (7)-(11). Carry (h, c), input x_t; returns the new carry and h_t."""
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  deform_impl: str = "jnp"
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, carry, x):
     h, c = carry  # (B, H, W, C) each
-    align = lambda name: StateAlignment(self.features, self.groups, self.dtype, self.deform_impl, name=name)
+    align = lambda name: StateAlignment(self.spec, name=name)
     h_aligned = align("align_h")(x, h)
     c_aligned = align("align_c")(x, c)
-    gates = Conv(4 * self.features, dtype=self.dtype, name="gates")(jnp.concatenate([x, h_aligned], -1))
+    gates = Conv(4 * self.spec.features, dtype=self.spec.dtype, name="gates")(jnp.concatenate([x, h_aligned], -1))
     i, f, o, g = jnp.split(gates, 4, axis=-1)  # PyTorch ConvLSTMCell order
     c_new = jax.nn.sigmoid(f) * c_aligned + jax.nn.sigmoid(i) * jnp.tanh(g)
     h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
@@ -59,10 +53,7 @@ class DeformableConvLSTMCell(nn.Module):
 
 class BiDeformableConvLSTM(nn.Module):
   """Both temporal directions of the deformable ConvLSTM over (B, T, H, W, C), fused by a 1x1 conv."""
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  deform_impl: str = "jnp"
+  spec: ConvSpec
   unroll: int = 1
 
   @nn.compact
@@ -71,7 +62,7 @@ class BiDeformableConvLSTM(nn.Module):
     both = jnp.concatenate([x, x[:, ::-1]], 0)  # (2B, T, H, W, C): forward and reversed sequences
     scan = nn.scan(DeformableConvLSTMCell, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=1, out_axes=1, unroll=self.unroll)
-    zeros = jnp.zeros((2 * b, h, w, self.features), x.dtype)
-    _, hs = scan(self.features, self.groups, self.dtype, self.deform_impl, name="cell")((zeros, zeros), both)
+    zeros = jnp.zeros((2 * b, h, w, self.spec.features), x.dtype)
+    _, hs = scan(self.spec, name="cell")((zeros, zeros), both)
     fused = jnp.concatenate([hs[:b], hs[b:, ::-1]], -1)  # (B, T, H, W, 2C)
-    return Conv(self.features, kernel=1, dtype=self.dtype, name="fusion")(fused)
+    return Conv(self.spec.features, kernel=1, dtype=self.spec.dtype, name="fusion")(fused)

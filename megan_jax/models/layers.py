@@ -8,6 +8,7 @@ flat frame. Convs inside residual blocks use kaiming-normal scaled by 0.1 (`init
 in ZSM's `module_util.py`), as does the last conv to RGB; biases start at zero.
 """
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -23,9 +24,22 @@ he_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 residual_init = nn.initializers.variance_scaling(2.0 * 0.1**2, "fan_in", "normal")
 
 
-def lrelu(x: jax.Array) -> jax.Array:
-  """LeakyReLU with slope 0.1, the activation of ZSM and MEGAN."""
-  return nn.leaky_relu(x, negative_slope=0.1)
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """The settings every feature-level module shares, built once from the model config and passed down.
+
+  features: the feature width C; groups: deformable groups of every modulated deformable conv;
+  dtype: the compute dtype (parameters stay float32); deform_impl: "jnp" | "pallas" sampling.
+  """
+  features: int
+  groups: int
+  dtype: Dtype
+  deform_impl: str
+
+
+def lrelu(x: jax.Array, slope: float = 0.1) -> jax.Array:
+  """LeakyReLU, slope 0.1 (the activation of ZSM and MEGAN) unless told otherwise."""
+  return nn.leaky_relu(x, negative_slope=slope)
 
 
 class Conv(nn.Module):
@@ -50,12 +64,11 @@ class Conv(nn.Module):
 
 class ResidualBlock(nn.Module):
   """Residual block without normalisation: x + conv(relu(conv(x))) (EDVR's ResidualBlock_noBN)."""
-  features: int
-  dtype: Dtype = jnp.float32
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(Conv, self.features, dtype=self.dtype, kernel_init=residual_init)
+    conv = functools.partial(Conv, self.spec.features, dtype=self.spec.dtype, kernel_init=residual_init)
     return x + conv(name="conv2")(nn.relu(conv(name="conv1")(x)))
 
 
@@ -95,21 +108,18 @@ class ModulatedDeformConv(nn.Module):
   offsets (the first 2 * G * 9, in the kernel's (g, k, (dy, dx)) order) and mask logits (the last G * 9,
   passed through a sigmoid). At initialisation every offset is 0 and every mask 0.5.
   """
-  features: int
-  groups: int
-  dtype: Dtype = jnp.float32
-  impl: str = "jnp"
+  spec: ConvSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, guide: jax.Array) -> jax.Array:
-    taps = 9
-    om = Conv(3 * self.groups * taps, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+    taps, s = 9, self.spec
+    om = Conv(3 * s.groups * taps, dtype=s.dtype, kernel_init=nn.initializers.zeros,
               name="conv_offset_mask")(guide)  # (B, H, W, 3 G 9)
-    offset = om[..., : 2 * self.groups * taps]
-    mask = jax.nn.sigmoid(om[..., 2 * self.groups * taps:])
+    offset = om[..., : 2 * s.groups * taps]
+    mask = jax.nn.sigmoid(om[..., 2 * s.groups * taps:])
     cin = x.shape[-1]
-    weight = self.param("kernel", he_init, (3, 3, cin, self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    return deform_conv2d(x.astype(self.dtype), offset, mask, weight.astype(self.dtype),
-                         bias.astype(self.dtype), stride=1, padding=1, dilation=1,
-                         deformable_groups=self.groups, impl=self.impl)
+    weight = self.param("kernel", he_init, (3, 3, cin, s.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (s.features,), jnp.float32)
+    return deform_conv2d(x.astype(s.dtype), offset, mask, weight.astype(s.dtype),
+                         bias.astype(s.dtype), stride=1, padding=1, dilation=1,
+                         deformable_groups=s.groups, impl=s.deform_impl)

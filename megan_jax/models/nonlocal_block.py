@@ -1,8 +1,20 @@
-"""Non-local residual block (NLRB), Eq. (1)-(3) of MEGAN (after Wang et al., "Non-local Neural Networks").
+"""Non-local residual block (NLRB), Sec. 3.1, Eq. (1)-(3) of MEGAN (after Wang et al., "Non-local Neural
+Networks", in the space-time form of PFNL: Yi et al., "Progressive Fusion Video Super-Resolution Network via
+Exploiting Non-Local Spatio-Temporal Correlations", ICCV 2019).
 
     y_i = sum_j softmax_j( u(x_i)^T v(x_j) ) g(x_j)          Eq. (1)-(2): dot-product similarity of the
     z_i = W_z y_i + x_i                                     1x1 embeddings u, v, softmax over all j;
                                                             Eq. (3): 1x1 projection W_z and residual add.
+
+Scope (`model.nlrb_scope`). MEGAN's abstract: the block "enables each channel-wise feature to attend global
+spatial hierarchical features", and the module is the one MEGAN cites from PFNL, which attends over the whole
+clip at once: its official code (psychopa4/PFNL, model/pfnl.py) concatenates the T frames on channels,
+rearranges them with `tf.space_to_depth(inp0, 2)`, runs the non-local block over the (H/2)(W/2) positions
+and goes back with `tf.depth_to_space(inp1, 2)`. "spacetime" (the default) does the same on the features
+(B, T, H, W, C): a position i is an r x r cell of every frame, T r^2 C channels, so each position attends to
+the whole clip and the logits shrink from T (HW)^2 per-frame to (HW / r^2)^2. "frame" folds T into the batch
+instead: with r = 1 it is the per-frame block of Wang et al. The block size r is `model.nlrb_block`
+(2 in PFNL).
 
 The attention never materialises the (HW x HW) matrix on the default path: queries are processed in
 chunks of `chunk` positions against all keys, and each chunk is rematerialised in the backward pass, so
@@ -15,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from megan_jax.models.layers import Conv, Dtype
+from megan_jax.models.layers import Conv, ConvSpec
 
 
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int) -> jax.Array:
@@ -62,19 +74,45 @@ def attention(q, k, v, *, impl: str, chunk: int):
   raise ValueError(f"model.attention_impl={impl!r}; expected 'chunked', 'full', 'xla' or 'cudnn'")
 
 
+def space_to_depth(x: jax.Array, r: int) -> jax.Array:
+  """(N, H, W, D) -> (N, H/r, W/r, r r D) in TensorFlow's order: channel (dy r + dx) D + d."""
+  n, h, w, d = x.shape
+  x = x.reshape(n, h // r, r, w // r, r, d).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h // r, w // r, r * r * d)
+
+
+def depth_to_space(x: jax.Array, r: int) -> jax.Array:
+  """The inverse of `space_to_depth`: (N, H/r, W/r, r r D) -> (N, H, W, D)."""
+  n, hh, ww, rrd = x.shape
+  d = rrd // (r * r)
+  x = x.reshape(n, hh, ww, r, r, d).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, hh * r, ww * r, d)
+
+
 class NonLocalResidualBlock(nn.Module):
-  """NLRB, Eq. (1)-(3): non-local attention over all positions of one frame plus a residual."""
-  features: int
-  embed: int
+  """NLRB, Eq. (1)-(3), over a clip (B, T, H, W, C): attention over the space-time positions of `span`."""
+  spec: ConvSpec
+  embed: int          # channels of the u, v, g embeddings
+  span: str           # "spacetime": frames folded into the channels (PFNL) | "frame": into the batch
+  block: int          # space-to-depth block size r
   impl: str = "chunked"
   chunk: int = 1024
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape  # (B, H, W, C)
-    u = Conv(self.embed, kernel=1, dtype=self.dtype, name="u")(x).reshape(b, h * w, self.embed)
-    v = Conv(self.embed, kernel=1, dtype=self.dtype, name="v")(x).reshape(b, h * w, self.embed)
-    g = Conv(self.embed, kernel=1, dtype=self.dtype, name="g")(x).reshape(b, h * w, self.embed)
-    y = attention(u, v, g, impl=self.impl, chunk=self.chunk).reshape(b, h, w, self.embed)
-    return x + Conv(self.features, kernel=1, dtype=self.dtype, name="w_z")(y)
+    b, t, h, w, c = x.shape  # (B, T, H, W, C)
+    r, dtype = self.block, self.spec.dtype
+    if self.span == "spacetime":
+      folded = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # frames concatenated on channels
+    else:
+      folded = x.reshape(b * t, h, w, c)
+    tokens = space_to_depth(folded, r)  # (N, H/r, W/r, D): N = B, D = r r T C  |  N = B T, D = r r C
+    n, hh, ww, d = tokens.shape
+    embed = lambda name: Conv(self.embed, kernel=1, dtype=dtype, name=name)(tokens).reshape(
+        n, hh * ww, self.embed)
+    y = attention(embed("u"), embed("v"), embed("g"), impl=self.impl, chunk=self.chunk)
+    z = Conv(d, kernel=1, dtype=dtype, name="w_z")(y.reshape(n, hh, ww, self.embed))  # Eq. (3)
+    z = depth_to_space(z, r)
+    if self.span == "spacetime":
+      z = z.reshape(b, h, w, t, c).transpose(0, 3, 1, 2, 4)
+    return x + z.reshape(x.shape)

@@ -6,31 +6,34 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from megan_jax.models.layers import (Conv, Dtype, ResidualBlock, he_init, lrelu, pixel_shuffle,
+from megan_jax.models.layers import (Conv, ConvSpec, ResidualBlock, he_init, lrelu, pixel_shuffle,
                                      residual_init)
 
 
 class ProgressiveFusionBlock(nn.Module):
-  """Progressive fusion residual dense block (after Yi et al.'s PFRB, ICCV 2019), over (B, T, H, W, C).
+  """Progressive fusion residual dense block, PFNL's PFRB (Yi et al., ICCV 2019), over (B, T, H, W, C).
 
       a_t = LReLU(conv3x3(F_t))                     per-frame features (weights shared over t)
-      d   = conv1x1([a_1, ..., a_T])                distillation of all frames into C channels
+      d   = LReLU(conv1x1([a_1, ..., a_T]))         distillation of all frames into C channels
       F'_t = F_t + LReLU(conv3x3([a_t, d]))         fusion back into each frame, residual
 
-  The distillation conv sees T * C channels, so a trained model is tied to its number of frames.
+  As PFNL's official code (psychopa4/PFNL, model/pfnl.py: `conv1`, `conv10`, `conv2`, each with
+  `activation=tf.nn.leaky_relu`, whose default slope is 0.2; `model.pfrdb_slope`). The distillation conv
+  sees T * C channels, so, as in PFNL, a trained model is tied to its number of frames.
   """
-  features: int
-  dtype: Dtype = jnp.float32
+  spec: ConvSpec
+  slope: float
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, h, w, c = x.shape  # (B, T, H, W, C)
-    conv = functools.partial(Conv, self.features, dtype=self.dtype, kernel_init=residual_init)
-    a = lrelu(conv(name="frame")(x))
+    act = lambda y: lrelu(y, self.slope)
+    conv = functools.partial(Conv, c, dtype=self.spec.dtype, kernel_init=residual_init)
+    a = act(conv(name="frame")(x))
     stacked = a.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # (B, H, W, T C)
-    d = Conv(self.features, kernel=1, dtype=self.dtype, name="distill")(stacked)  # (B, H, W, C)
+    d = act(Conv(c, kernel=1, dtype=self.spec.dtype, name="distill")(stacked))  # (B, H, W, C)
     fused = jnp.concatenate([a, jnp.broadcast_to(d[:, None], a.shape)], -1)
-    return x + lrelu(conv(name="fuse")(fused))
+    return x + act(conv(name="fuse")(fused))
 
 
 class Upsampler(nn.Module):
@@ -39,14 +42,13 @@ class Upsampler(nn.Module):
   `hr_features` is 64 in ZSM and MEGAN whatever C is; narrow models (the CPU demo) lower it, since the
   x4-resolution convs dominate their cost.
   """
-  features: int
-  hr_features: int = 64
-  dtype: Dtype = jnp.float32
+  spec: ConvSpec
+  hr_features: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda feat, name, init=he_init: Conv(feat, dtype=self.dtype, kernel_init=init, name=name)
-    x = lrelu(pixel_shuffle(conv(self.features * 4, "up1")(x), 2))
+    conv = lambda feat, name, init=he_init: Conv(feat, dtype=self.spec.dtype, kernel_init=init, name=name)
+    x = lrelu(pixel_shuffle(conv(self.spec.features * 4, "up1")(x), 2))
     x = lrelu(pixel_shuffle(conv(self.hr_features * 4, "up2")(x), 2))
     x = lrelu(conv(self.hr_features, "hr_conv")(x))
     return conv(3, "conv_last", residual_init)(x)
@@ -54,19 +56,19 @@ class Upsampler(nn.Module):
 
 class Reconstruction(nn.Module):
   """m2 PFRDBs over all frames, m3 residual blocks per frame, then the x4 upsampler. (B, T, H, W, C) in."""
-  features: int
+  spec: ConvSpec
   pfrdb_blocks: int
+  pfrdb_slope: float
   back_rbs: int
-  hr_features: int = 64
-  dtype: Dtype = jnp.float32
+  hr_features: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, h, w, c = x.shape  # (B, T, H, W, C)
     for i in range(self.pfrdb_blocks):
-      x = ProgressiveFusionBlock(self.features, self.dtype, name=f"pfrdb{i}")(x)
+      x = ProgressiveFusionBlock(self.spec, self.pfrdb_slope, name=f"pfrdb{i}")(x)
     x = x.reshape(b * t, h, w, c)
     for i in range(self.back_rbs):
-      x = ResidualBlock(self.features, self.dtype, name=f"rb{i}")(x)
-    out = Upsampler(self.features, self.hr_features, self.dtype, name="upsampler")(x)  # (B T, 4H, 4W, 3)
+      x = ResidualBlock(self.spec, name=f"rb{i}")(x)
+    out = Upsampler(self.spec, self.hr_features, name="upsampler")(x)  # (B T, 4H, 4W, 3)
     return out.reshape((b, t) + out.shape[1:])
