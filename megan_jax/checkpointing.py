@@ -296,6 +296,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
   return state, step, params_only
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """True when `workdir` holds at least one finished checkpoint."""
+  directory = checkpoint_dir(workdir)
+  return os.path.isdir(directory) and any(e.isdigit() for e in os.listdir(directory))
+
+
 def save_params(workdir: str, params: Any) -> str:
   """Writes `params` as the params-only checkpoint (step 0) of a new run in `workdir`; returns its
   directory. Refuses a workdir that already holds checkpoints (it would mix two runs)."""

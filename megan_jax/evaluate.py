@@ -13,13 +13,14 @@ import re
 
 import numpy as np
 
-from megan_jax import metrics, paths, report
+from megan_jax import metrics, paths, pretrained, report
 from megan_jax.progress import bar as progress_bar
 from megan_jax.baseline import bicubic_blend_np
 from megan_jax.data import testsets
 from megan_jax.data.imresize import imresize_np
 from megan_jax.data.pipeline import SCALE, iter_eval_windows, open_eval_dataset
-from megan_jax.predict import restore_predict_fn
+from megan_jax.models import build_model
+from megan_jax.predict import make_predict_fn, restore_predict_fn
 
 METRICS = {"psnr_y": metrics.psnr_y, "ssim_y": metrics.ssim_y, "psnr_rgb": metrics.psnr_rgb}
 BASELINE = "Bicubic+blending"
@@ -116,12 +117,12 @@ def _slug(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
-def save_comparison(path: str, sequence, predict_fns: dict, *, num_input_frames: int = 4,
-                    offset: int = 3, crop: int = 128, zoom: int = 2) -> str:
+def comparison_image(sequence, predict_fns: dict, *, num_input_frames: int = 4, offset: int = 3,
+                     crop: int = 128, zoom: int = 2) -> np.ndarray:
   """Side-by-side crops of the first window's frame `offset`: LR bicubic | methods... | GT.
 
   For an interpolated frame (odd offset) the LR panel is the bicubic upscaling of the previous
-  input frame, since that frame has no LR.
+  input frame, since that frame has no LR. Returns uint8 (H, W, 3).
   """
   win = next(iter_eval_windows(sequence, num_input_frames=num_input_frames))
   lr_frame = win["lr"][offset // 2]
@@ -133,7 +134,12 @@ def save_comparison(path: str, sequence, predict_fns: dict, *, num_input_frames:
   gt = win["gt"][offset]
   panels.append(("GT", gt))
   box = report.center_box(gt.shape[0], gt.shape[1], crop)
-  return report.side_by_side(panels, path, box=box, zoom=zoom)
+  return report.side_by_side_image(panels, box=box, zoom=zoom)
+
+
+def save_comparison(path: str, sequence, predict_fns: dict, **kwargs) -> str:
+  """Saves `comparison_image(sequence, predict_fns, **kwargs)` as the PNG `path`."""
+  return report.save_png(path, comparison_image(sequence, predict_fns, **kwargs))
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -143,7 +149,7 @@ def evaluate(config, workdir: str) -> dict:
   `data.pipeline.open_eval_dataset`, each with an optional `name`), replaced by the Table 1 sets in
   the paper's column order when any of vid4, vimeo, adobe is set (`data.testsets`), step,
   max_clips, batch_size, tile, tile_overlap, dtype, baseline, save_frames, save_crops, label,
-  progress.
+  progress. A run started from `config.pretrained` also scores those parameters.
   Prints the Table 1 style table and writes under `workdir/eval/step_<step>/`:
   `<dataset>/<method>.json` (per-frame, per-clip and mean), `summary.json`, `table.txt`,
   `table.md`, `<dataset>/comparison.png`, and with save_frames `<dataset>/<method>/<clip>/*.png`;
@@ -160,6 +166,11 @@ def evaluate(config, workdir: str) -> dict:
                                         tile_overlap=ev.tile_overlap, dtype=ev.dtype)
   label = ev.label or config.model.name.upper()
   methods = {label: predict_fn}
+  if config.pretrained and step != 0:  # the run was started from (or fine-tunes) these
+    params, _ = pretrained.load(config.pretrained)
+    methods[f"{config.model.name.upper()} ({pretrained.short_name(config.pretrained)})"] = (
+        make_predict_fn(build_model(config.model), params, dtype=ev.dtype, tile=ev.tile,
+                        tile_overlap=ev.tile_overlap))
   if ev.baseline:
     methods[BASELINE] = baseline_predict_fn
   out_dir = paths.writable_dir(os.path.join(workdir, "eval", f"step_{step}"), "--workdir")

@@ -54,6 +54,12 @@ class MetricWriter:
       self._tb.add_scalar(key, value, global_step=int(step))
     self._tb.flush()
 
+  def write_image(self, step: int, tag: str, image) -> None:
+    """One TensorBoard image, uint8 (H, W, 3)."""
+    if self.enabled:
+      self._tb.add_image(tag, image, global_step=int(step), dataformats="HWC")
+      self._tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()

@@ -1,6 +1,8 @@
 r"""Train, evaluate or upscale: python -m megan_jax.main --config=configs/vimeo.py --workdir=DIR
-[--mode=train|eval|infer] [--config.field=value ...]. Training resumes from DIR's checkpoint.
---mode=config lists every config field with its value and a description (no --workdir needed)."""
+[--mode=train|eval|infer|export] [--config.field=value ...]. Training resumes from DIR's checkpoint;
+an empty DIR starts from config.pretrained when set. --mode=export writes DIR's parameters to a
+.npz (config.export.output). --mode=config lists every config field with its value and a
+description (no --workdir needed)."""
 
 import importlib.util
 import os
@@ -18,9 +20,10 @@ from megan_jax import config_doc
 
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results (required "
                     "except with --mode=config).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "config"],
-                  "What to run; `config` lists the config fields (--config.<field>=value), "
-                  "their values and descriptions, and exits.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "export", "config"],
+                  "What to run; `export` writes the workdir's parameters to a .npz "
+                  "(config.export.output) that config.pretrained can name; `config` lists the "
+                  "config fields (--config.<field>=value), their values and descriptions, and exits.")
 config_flags.DEFINE_config_file(
     "config", None, "Config file (path[:arg]); its fields are set with --config.<field>=value and "
     "listed, with descriptions, by --mode=config.", lock_config=True)
@@ -86,9 +89,13 @@ def main(argv):
     _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
          f"results)")
   # pylint: disable-next=import-outside-toplevel
-  from megan_jax import checkpointing, evaluate, infer, paths, train
+  from megan_jax import checkpointing, evaluate, infer, paths, pretrained, train
   train.setup_runtime(config)
   try:
+    if FLAGS.mode == "export":
+      pretrained.export(config, FLAGS.workdir, FLAGS["config"].config_filename)
+      return
+    pretrained.start_workdir(config, FLAGS.workdir)
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "eval":

@@ -77,8 +77,8 @@ def center_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def side_by_side(panels: list, path: str, *, box=None, zoom: int = 1, gap: int = 4) -> str:
-  """Saves labelled panels [(label, uint8 (H, W, 3)), ...] in a row as one PNG.
+def side_by_side_image(panels: list, *, box=None, zoom: int = 1, gap: int = 4) -> np.ndarray:
+  """Labelled panels [(label, uint8 (H, W, 3)), ...] in a row: uint8 (14 + H', W', 3).
 
   `box` = (top, left, h, w) crops every panel the same way; `zoom` enlarges the crops with
   nearest-neighbour so that pixels stay visible.
@@ -100,9 +100,7 @@ def side_by_side(panels: list, path: str, *, box=None, zoom: int = 1, gap: int =
     canvas.paste(Image.fromarray(c), (x, label_h))
     draw.text((x + 2, 1), label, fill="black")
     x += c.shape[1] + gap
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  canvas.save(path)
-  return path
+  return np.asarray(canvas)
 
 
 def wrote_lines(wrote) -> str:

