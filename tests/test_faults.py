@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import megan_jax.models
 import train_fakes
 from megan_jax import checkpointing, logging_utils, train
 
@@ -151,12 +150,11 @@ def _truncate_largest_file(step_dir: str) -> None:
 
 
 @pytest.fixture(name="toy_run")
-def toy_run_fixture(data_root, tmp_path, monkeypatch):
+def toy_run_fixture(data_root, tmp_path):
   """A toy run of 4 steps with checkpoints at 2 and 4: (config, workdir, {step: loss})."""
-  train_fakes.use_toy_model(monkeypatch)
   config = train_fakes.fast_config("tiny", data_root)
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   losses = {r["step"]: r["loss"] for r in logging_utils.read_jsonl(workdir)}
   return config, workdir, losses
 
@@ -166,7 +164,7 @@ def test_truncated_latest_checkpoint_resumes_from_the_previous_one(toy_run, capl
   ckpt = checkpointing.checkpoint_dir(workdir)
   _truncate_largest_file(os.path.join(ckpt, "4"))
   config.num_steps = 6
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   moved = os.path.join(workdir, checkpointing.UNREADABLE_DIR, "4")
   assert re.search(rf"checkpoint step 4 in {re.escape(ckpt)} cannot be read \(.+\); using step 2 "
                    rf"instead; moved it to {re.escape(moved)}", caplog.text), caplog.text
@@ -191,7 +189,7 @@ def test_eval_falls_back_past_an_unreadable_checkpoint(toy_run, caplog):
     checkpointing.restore_params(workdir)
   config.num_steps = 6
   with pytest.raises(checkpointing.CheckpointError, match="no readable checkpoint"):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   assert sorted(os.listdir(ckpt)) == ["2", "4"]  # nothing moved or deleted when none is readable
 
 
@@ -209,7 +207,7 @@ def _fail_saves_from(step: int, monkeypatch):
 
 def _assert_disk_full_keeps_earlier(config, workdir, steps):
   with pytest.raises(checkpointing.CheckpointError) as info:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   ckpt = checkpointing.checkpoint_dir(workdir)
   assert str(info.value) == (
       f"saving a checkpoint in {ckpt} failed (No space left on device); the earlier checkpoints "
@@ -220,7 +218,6 @@ def _assert_disk_full_keeps_earlier(config, workdir, steps):
 
 
 def test_failed_save_keeps_the_earlier_checkpoints(data_root, tmp_path, monkeypatch):
-  train_fakes.use_toy_model(monkeypatch)
   _fail_saves_from(6, monkeypatch)
   config = train_fakes.fast_config("tiny", data_root, num_steps=8, keep_checkpoints=1)
   _assert_disk_full_keeps_earlier(config, str(tmp_path / "run"), [4])  # 4 not deleted for 6
@@ -245,14 +242,12 @@ def test_full_disk_keeps_the_earlier_checkpoints(toy_run, data_root, tmp_path):
     subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_changed_model_width_names_the_workdir_and_fields(toy_run, monkeypatch):
+def test_changed_model_width_names_the_workdir_and_fields(toy_run):
   config, workdir, _ = toy_run
-  monkeypatch.setattr(megan_jax.models, "build_model",
-                      lambda model_config: train_fakes.ToyModel(width=model_config.nf))
   config.model.nf = 12  # the toy model was 8 wide, like the tiny config's nf
   config.num_steps = 6
   with pytest.raises(checkpointing.ArchitectureError) as info:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, train_fakes.ToyModel(width=12))
   message = str(info.value)
   assert f"--workdir={workdir} (step 4)" in message
   assert re.search(r"Conv_0/kernel: \(3, 3, 3, 8\) in the checkpoint, \(3, 3, 3, 12\) in the config",
@@ -272,7 +267,7 @@ def test_data_root_that_is_a_file(tmp_path):
 def test_fewer_steps_than_the_checkpoint_says_so(toy_run, capsys):
   config, workdir, _ = toy_run
   config.num_steps = 2
-  assert train.train_and_evaluate(config, workdir) == {}
+  assert train.train_and_evaluate(config, workdir, train_fakes.ToyModel()) == {}
   out = capsys.readouterr().out
   assert (f"nothing to train: {checkpointing.checkpoint_dir(workdir)} holds step 4, past "
           f"config.num_steps=2") in out
@@ -307,7 +302,7 @@ def test_logs_hold_each_step_once_after_a_resume(toy_run):
     f.write('{"step": 5, "loss": 0.')  # a record cut short by the kill
   time.sleep(1.1)  # tensorboardX names event files by the second
   config.num_steps = 5
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   assert [r["step"] for r in logging_utils.read_jsonl(workdir)] == [1, 2, 3, 4, 5]
   shown = _tensorboard_scalars(workdir)
   assert sorted(s for tag, s in shown if tag == "loss") == [1, 2, 3, 4, 5]
