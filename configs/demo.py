@@ -3,7 +3,7 @@ r"""CPU demo: the packaged small MEGAN, fine-tuned briefly, scored on a held-out
     python -m megan_jax.main --config=configs/demo.py --workdir=/tmp/megan_demo
 
 Starts from the packaged parameters `demo_small` (made by configs/pretrain.py: this model trained
-for PRETRAIN_STEPS steps on Big Buck Bunny, Bikes and 8 Vimeo-90K septuplets; see
+for 1200 steps on Big Buck Bunny, Bikes and 8 Vimeo-90K septuplets; see
 docs/BENCHMARKS.md), fine-tunes them for 60 steps on Big Buck Bunny (downscaled 4x) and Bikes (2x),
 then scores on Carphone, which neither training ever sees: the fine-tuned model, the packaged one
 and bicubic + frame blending in one table, with side-by-side crops, under WORKDIR/eval/.
