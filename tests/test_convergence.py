@@ -15,7 +15,6 @@ import os
 import sys
 
 import flax.linen as nn
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -19,7 +19,7 @@ from megan_jax.data.imresize import imresize_np
 from megan_jax.data.pipeline import open_eval_dataset
 from megan_jax.evaluate import (BASELINE, baseline_predict_fn, dataset_name, evaluate,
                                 evaluate_sequences)
-from megan_jax.models import build_model, model_config
+from megan_jax.models import build_model
 
 from configs import vimeo  # pylint: disable=wrong-import-order
 
