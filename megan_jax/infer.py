@@ -173,6 +173,7 @@ class Plan:
   output: str               # absolute path: a video file, or a folder for PNG frames
   is_video: bool
   time: str                 # a key of TIMES
+  made_folder: bool = False  # the PNG folder did not exist before `preflight` made it
 
 
 def _check_fields(ic) -> None:
@@ -230,8 +231,9 @@ def preflight(config, workdir: str) -> Plan:
                                                      f"{sequence.name}_x4_{ic.time}.mp4"))
   is_video = _is_video(output)
   _check_output(output, is_video, ic)
+  made_folder = not is_video and not os.path.exists(output)
   (paths.writable_file if is_video else paths.writable_dir)(output, "config.infer.output")
-  return Plan(sequence, rate, output, is_video, ic.time)
+  return Plan(sequence, rate, output, is_video, ic.time, made_folder)
 
 
 def _replace_frames(temp: str, folder: str) -> None:
@@ -246,8 +248,8 @@ def _replace_frames(temp: str, folder: str) -> None:
   os.rmdir(temp)
 
 
-def _seconds(count: int, rate: fractions.Fraction) -> str:
-  return f"{count} frames at {float(rate):.4g} fps = {float(count / rate):.4g} s"
+def _seconds(count: int, rate: fractions.Fraction, kind: str = "") -> str:
+  return f"{count} {kind}frames at {float(rate):.4g} fps = {float(count / rate):.4g} s"
 
 
 def _write(plan: Plan, frames) -> str:
@@ -266,7 +268,7 @@ def _write(plan: Plan, frames) -> str:
   h, w = plan.sequence.read([0]).shape[1:3]
   how = (f"2x the frame rate: {n - 1} frames synthesised between the inputs" if plan.time == "2x"
          else "the frames at the input times, config.infer.time=1x")
-  return (f"{kind}{_seconds(count, rate)}, {4 * w}x{4 * h}; from {_seconds(n, plan.rate)}, "
+  return (f"{_seconds(count, rate, kind)}, {4 * w}x{4 * h}; from {_seconds(n, plan.rate)}, "
           f"{w}x{h}; {how}")
 
 
@@ -278,13 +280,18 @@ def infer(config, workdir: str, plan: Plan | None = None, *, predict_fn=None) ->
   """
   plan = plan or preflight(config, workdir)
   ic = config.infer
-  with stop_on_signals("--mode=infer", f"nothing was written to {plan.output}; rerun the same "
-                       f"command to start again"):
-    if predict_fn is None:
-      predict_fn, _ = restore_predict_fn(config, workdir, step=ic.step, tile=ic.tile,
-                                         tile_overlap=ic.tile_overlap, dtype=ic.dtype)
-    frames = upscale_frames(predict_fn, plan.sequence, progress=ic.progress, time=plan.time,
-                            num_input_frames=config.data.num_input_frames)
-    what = _write(plan, frames)
+  try:
+    with stop_on_signals("--mode=infer", f"nothing was written to {plan.output}; rerun the same "
+                         f"command to start again"):
+      if predict_fn is None:
+        predict_fn, _ = restore_predict_fn(config, workdir, step=ic.step, tile=ic.tile,
+                                           tile_overlap=ic.tile_overlap, dtype=ic.dtype)
+      frames = upscale_frames(predict_fn, plan.sequence, progress=ic.progress, time=plan.time,
+                              num_input_frames=config.data.num_input_frames)
+      what = _write(plan, frames)
+  except BaseException:
+    if plan.made_folder and not os.listdir(plan.output):
+      os.rmdir(plan.output)
+    raise
   print(report.wrote_lines([(plan.output, what)]), flush=True)
   return plan.output
