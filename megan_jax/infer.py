@@ -226,7 +226,8 @@ def preflight(config, workdir: str) -> Plan:
   existing unless config.infer.overwrite, writable). Raises ValueError or OSError naming the field."""
   ic = config.infer
   _check_fields(ic)
-  sequence, rate = open_source(ic.input, ic.fps)
+  with stop_on_signals("--mode=infer", "nothing was written; rerun the same command to start"):
+    sequence, rate = open_source(ic.input, ic.fps)  # counts a video's frames: seconds for hours
   output = os.path.abspath(ic.output or os.path.join(workdir, "infer",
                                                      f"{sequence.name}_x4_{ic.time}.mp4"))
   is_video = _is_video(output)
