@@ -89,20 +89,22 @@ def main(argv):
     _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
          f"results)")
   # pylint: disable-next=import-outside-toplevel
-  from megan_jax import checkpointing, evaluate, infer, paths, pretrained, train
+  from megan_jax import checkpointing, evaluate, infer, paths, predict, pretrained, train
   train.setup_runtime(config)
   try:
     if FLAGS.mode == "export":
       pretrained.export(config, FLAGS.workdir, FLAGS["config"].config_filename)
       return
+    plan = infer.preflight(config, FLAGS.workdir) if FLAGS.mode == "infer" else None  # inputs first
     pretrained.start_workdir(config, FLAGS.workdir)
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
-      evaluate.evaluate(config, FLAGS.workdir)
+      with predict.stop_on_signals("--mode=eval"):
+        evaluate.evaluate(config, FLAGS.workdir)
     else:
-      infer.infer(config, FLAGS.workdir)
-  except train.Interrupted as e:
+      infer.infer(config, FLAGS.workdir, plan)
+  except (train.Interrupted, predict.Interrupted) as e:
     _die(str(e), e.exit_code)
   except (ValueError, FloatingPointError, checkpointing.CheckpointError) as e:  # config, data, numbers
     logging.info("traceback (shown with --verbosity=0):", exc_info=True)

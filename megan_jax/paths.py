@@ -3,11 +3,15 @@
 A run that can only fail when it writes its first result (after minutes of compiling, training or
 upscaling) is checked up front instead: each function here raises an OSError whose message is one
 line naming the setting (`--workdir`, `config.infer.output`), the path and what to do.
-`describe_os_error` turns any other OSError into such a line.
+`describe_os_error` turns any other OSError into such a line. `staged` writes a result under a
+temporary name and moves it into place when it is complete, so that a run that stops (an error, a
+signal) never leaves a half-written file under the name a user asked for.
 """
 
+import contextlib
 import errno
 import os
+import shutil
 import tempfile
 
 _ADVICE = {
@@ -58,3 +62,42 @@ def writable_file(path: str, what: str) -> str:
     raise IsADirectoryError(f"{what}: {path} is a directory; give a file path")
   writable_dir(os.path.dirname(path), what)
   return path
+
+
+def same_path(a: str, b: str) -> bool:
+  """True when `a` and `b` name the same file or folder (spelling, links and symlinks resolved)."""
+  if os.path.exists(a) and os.path.exists(b):
+    return os.path.samefile(a, b)
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def partial_name(path: str) -> str:
+  """The temporary name `staged` writes `path` under: `.NAME.partial-PID.EXT` beside it (the
+  extension kept, since writers such as FFmpeg choose the format by it)."""
+  folder, name = os.path.split(os.path.abspath(path))
+  ext = os.path.splitext(name)[1]
+  return os.path.join(folder, f".{name}.partial-{os.getpid()}{ext}")
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+@contextlib.contextmanager
+def staged(path: str, temp: str | None = None, finish=os.replace):
+  """Yields a temporary name (`temp`, default `partial_name(path)`) to write `path` under.
+
+  When the block completes, `finish(temp, path)` moves the result into place (default: a rename,
+  atomic on one file system); when the block or `finish` raises (KeyboardInterrupt and the
+  exceptions of signal handlers included), whatever was written under `temp` is removed.
+  """
+  temp = temp or partial_name(path)
+  try:
+    yield temp
+    finish(temp, path)
+  except BaseException:
+    _remove(temp)
+    raise

@@ -1,9 +1,8 @@
-"""infer: window plan, frame count 2N-1, 4x size, 2x frame rate, mp4 and PNG outputs, errors."""
+"""infer: window plan, frame count 2N-1, 4x size, 2x frame rate (or 1x), mp4 and PNG outputs, errors."""
 
 import fractions
 import os
 
-import av
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+import infer_fakes
 from megan_jax import checkpointing
 from megan_jax import infer as infer_module
 from megan_jax.data.sources import ArraySequence
@@ -21,18 +21,6 @@ from megan_jax.models import build_model
 from configs import vimeo  # pylint: disable=wrong-import-order
 
 H, W, N, FPS = 30, 46, 9, 10  # source video: odd multiples of 2, so the model input is padded
-
-
-def _write_video(path, frames, fps):
-  """Writes uint8 (T, H, W, 3) frames with PyAV (independently of megan_jax.infer)."""
-  codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-  with av.open(path, mode="w") as container:
-    stream = container.add_stream(codec, rate=fps)
-    stream.height, stream.width = frames.shape[1:3]
-    stream.pix_fmt = "yuv420p"
-    for frame in frames:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-    container.mux(stream.encode(None))
 
 
 def _source_frames():
@@ -59,7 +47,7 @@ def run(tmp_path_factory):
   manager.wait_until_finished()
   manager.close()
   video = str(root / "source.mp4")
-  _write_video(video, _source_frames(), FPS)
+  infer_fakes.write_video(video, _source_frames(), FPS)
   return config, workdir, video, root
 
 
@@ -101,14 +89,21 @@ def test_output_frames_come_from_the_right_window():
               + [10 * 5 + k for k in range(3, 7)])
   assert [int(f[0, 0, 0]) for f in out] == expected
   assert all(f.shape == (16, 16, 3) and f.dtype == np.uint8 for f in out)
+  one_x = list(upscale_frames(tracer, ArraySequence("clip", frames), progress=False, time="1x"))
+  # Output frames 0, 2, ..., 16 (the input times): window 0 at 0, 2, 4, 6; window 3 at its 2, 4, 6
+  # (outputs 8, 10, 12); window 5 at its 4, 6 (outputs 14, 16).
+  assert [int(f[0, 0, 0]) for f in one_x] == [0, 2, 4, 6, 32, 34, 36, 54, 56]
 
 
-def _read_video(path):
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    rate = stream.average_rate
-    frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-  return rate, frames
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 4, 5, 8])
+def test_1x_keeps_the_frames_at_the_input_times(num_frames):
+  """The stand-in repeats each input 4x4 at the input times: 1x gives back the N inputs."""
+  frames = np.random.default_rng(num_frames).integers(0, 256, (num_frames, 4, 4, 3), np.uint8)
+  out = list(upscale_frames(infer_fakes.nearest_predict, ArraySequence("c", frames),
+                            progress=False, time="1x"))
+  assert len(out) == num_frames
+  for got, frame in zip(out, frames):
+    np.testing.assert_array_equal(got, frame.repeat(4, 0).repeat(4, 1))
 
 
 def test_video_to_mp4(run, capsys):
@@ -117,9 +112,12 @@ def test_video_to_mp4(run, capsys):
   config.infer.input, config.infer.output = video, str(root / "out.mp4")
   path = infer(config, workdir)
   assert path == config.infer.output
-  wrote = capsys.readouterr().out.splitlines()[-1].split()
-  assert wrote[:3] == ["wrote", path, f"({2 * N - 1}"] and f"{4 * W}x{4 * H}," in wrote
-  rate, frames = _read_video(path)
+  wrote = capsys.readouterr().out.splitlines()[-1]
+  # Hand-derived: 9 frames at 10 fps (0.9 s) give 17 at 20 fps (0.85 s), the 8 between synthesised.
+  assert wrote == (f"wrote {path}  (17 frames at 20 fps = 0.85 s, {4 * W}x{4 * H}; from 9 frames "
+                   f"at 10 fps = 0.9 s, {W}x{H}; 2x the frame rate: 8 frames synthesised between "
+                   f"the inputs)")
+  rate, frames = infer_fakes.read_video(path)
   assert len(frames) == 2 * N - 1
   assert frames[0].shape == (4 * H, 4 * W, 3)
   assert rate == fractions.Fraction(2 * FPS)
@@ -144,7 +142,7 @@ def test_frame_folder_to_mp4_uses_configured_fps(run, tmp_path):
     Image.fromarray(frame).save(src / f"f{i}.png")
   config = ml_collections.ConfigDict(config.to_dict())
   config.infer.input, config.infer.output, config.infer.fps = str(src), str(tmp_path / "o.mkv"), 12
-  rate, frames = _read_video(infer(config, workdir))
+  rate, frames = infer_fakes.read_video(infer(config, workdir))
   assert len(frames) == 9 and rate == 24 and frames[0].shape == (4 * H, 4 * W, 3)
 
 
@@ -184,6 +182,22 @@ def test_write_video_codecs_and_ntsc_rate(monkeypatch, tmp_path, codecs):
   rate = 2 * fractions.Fraction(30000, 1001)
   path = str(tmp_path / "v.mp4")
   assert infer_module.write_video(iter(frames), path, rate) == 5
-  got_rate, got = _read_video(path)
+  got_rate, got = infer_fakes.read_video(path)
   assert len(got) == 5 and got_rate == rate and got[0].shape == (16, 24, 3)
   assert [int(round(f.mean())) for f in got] == pytest.approx([40 * i for i in range(5)], abs=3)
+
+
+def test_time_1x_same_frame_count_rate_and_the_2x_frames_at_the_input_times(run, tmp_path):
+  config, _, video, _ = run
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.infer.input = video
+  outputs = {}
+  for time, output in [("2x", "two"), ("1x", "one"), ("1x", "one.mp4")]:
+    config.infer.time, config.infer.output = time, str(tmp_path / output)
+    outputs[output] = infer(config, str(tmp_path / "w"), predict_fn=infer_fakes.nearest_predict)
+  two, one = (infer_fakes.read_frames(outputs[k]) for k in ("two", "one"))
+  assert len(two) == 2 * N - 1 and len(one) == N
+  for a, b in zip(one, two[::2]):
+    np.testing.assert_array_equal(a, b)
+  rate, frames = infer_fakes.read_video(outputs["one.mp4"])
+  assert rate == FPS and len(frames) == N and frames[0].shape == (4 * H, 4 * W, 3)

@@ -1,4 +1,8 @@
-"""predict: padding to a multiple of 4 and cropping back, tiling, the compile cache, dtype."""
+"""predict: padding to a multiple of 4 and cropping back, tiling, the compile cache, dtype, signals."""
+
+import os
+import signal
+import time
 
 import flax.linen as nn
 import jax
@@ -6,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megan_jax.predict import make_predict_fn, tile_plan
+from megan_jax.predict import (STOP_SIGNALS, Interrupted, make_predict_fn, stop_on_signals,
+                               tile_plan)
 
 
 class BoxUpsampler(nn.Module):
@@ -149,3 +154,26 @@ def test_runs_jax_arrays_on_device():
   lr = jax.device_put(_lr((1, 2, 5, 6, 3)))
   out = make_predict_fn(model, {"gain": jnp.float32(0.5)})(lr)
   np.testing.assert_allclose(out, reference(np.asarray(lr), 1, 0.5), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_stop_on_signals_raises_once_and_restores_the_handlers(signum):
+  before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+  with pytest.raises(Interrupted, match=f"stopped by {signal.Signals(signum).name}.* during "
+                                        f"the test; do this") as e:
+    with stop_on_signals("the test", "do this"):
+      os.kill(os.getpid(), signum)
+      time.sleep(5)  # the handler raises at the next bytecode
+  assert e.value.exit_code == 128 + signum
+  assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+def test_stop_on_signals_keeps_an_ignored_signal_ignored():
+  previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+  try:
+    with stop_on_signals("the test"):
+      os.kill(os.getpid(), signal.SIGHUP)
+      time.sleep(0.05)
+      assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGHUP, previous)
