@@ -1,5 +1,5 @@
-"""The MEGAN-specific readings of the paper (issue 11, docs/ARCHITECTURE.md): each test fails when the
-module implements the other reading. Modules run alone at toy width."""
+"""The MEGAN-specific readings of the paper (issues 11 and 18, docs/ARCHITECTURE.md): each test fails
+when the module implements the other reading. Modules run alone at toy width."""
 
 import flax.linen as nn
 import jax
@@ -17,7 +17,7 @@ SPEC = ConvSpec(4, 1, jnp.float32, "jnp")
 
 
 def lmga(**readings):
-  r = dict(pool="others", node_embed="concat", graph="per_layer", self_loops=False, output="concat")
+  r = dict(pool="clip", node_embed="concat", graph="per_layer", self_loops=False, output="refine")
   r.update(readings)
   return LMGA(SPEC, 4, 2, **r)
 
@@ -36,6 +36,46 @@ def calls(module, variables, x, **kwargs):
   return seen
 
 
+def call_outputs(module, variables, x, **kwargs):
+  """{module path: output} of every submodule __call__ (the last call of a path wins)."""
+  seen = {}
+
+  def record(next_fun, args, kwargs_, context):
+    out = next_fun(*args, **kwargs_)
+    if context.method_name == "__call__" and context.module.path:
+      seen["/".join(context.module.path)] = out
+    return out
+
+  with nn.intercept_methods(record):
+    module.apply(variables, x, **kwargs)
+  return seen
+
+
+def test_megan_config_has_the_numbers_of_sec_3_6():
+  """Sec. 3.6: m1 = 3, m2, m3 = 5, 20, tau = 4, K = 2; Sec. 5: "removing two NLRB blocks"."""
+  c = model_config("megan")
+  assert (c.front_convs, c.pfrdb_blocks, c.back_rbs, c.lmga_tau, c.lmga_layers) == (3, 5, 20, 4, 2)
+  assert c.use_nlrb and c.nlrb_blocks == 2 and c.use_lmga and c.use_pfrdb and c.front_rbs == 0
+
+
+def test_vimeo_schedule_is_one_cosine_from_1e4_to_1e7_over_20000_steps():
+  """Sec. 3.6: "the initial learning rate starts with 1e-4, and is annealed to 1e-7 after 20000
+  iterations": the cosine's values at 0, 10,000 (the midpoint, (1e-4 + 1e-7) / 2) and 20,000 steps,
+  derived by hand; num_steps=600000 is the other reading, with a restart after every 20,000 steps."""
+  import sys  # pylint: disable=import-outside-toplevel
+  import train_fakes  # pylint: disable=import-outside-toplevel
+  from megan_jax import train  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, train_fakes.REPO)
+  from configs import vimeo  # pylint: disable=import-outside-toplevel
+  c = vimeo.get_config()
+  assert c.num_steps == c.optimizer.cycle_steps == 20_000
+  lr = train.lr_schedule(c.optimizer, c.num_steps)
+  for step, want in ((0, 1e-4), (10_000, (1e-4 + 1e-7) / 2), (20_000, 1e-7)):
+    assert abs(float(lr(step)) - want) < 1e-3 * want, step
+  lr = train.lr_schedule(c.optimizer, 600_000)
+  assert abs(float(lr(20_000)) - 1e-4) < 1e-7 and abs(float(lr(599_999)) - 1e-7) < 1e-9
+
+
 def test_front_end_runs_nlrbs_before_the_m1_convs():
   """Sec. 3.1's order: shallow conv, NLRBs, then the m1 convs; "convs_first" is the other reading."""
   x = jnp.ones((1, 4, 8, 8, 3))
@@ -49,7 +89,26 @@ def test_front_end_runs_nlrbs_before_the_m1_convs():
     assert top == expected, order
 
 
-def test_global_pool_never_holds_the_key_frame():
+def test_global_pool_is_one_pool_per_clip_drawn_from_every_frame():
+  """Sec. 3.3: "we randomly shuffle and pick tau indices from the ordered index sequence {1, ..., 2n+1}
+  to create the global pool G": one pool of tau distinct frames per clip, shared by every key frame,
+  from all 2n+1 frames (over these 15 clips every frame, each key included, is drawn)."""
+  t, tau = 7, 4
+  drawn = set()
+  for seed in range(5):
+    nodes = np.asarray(node_indices(jax.random.key(seed), 3, t, tau, "clip"))  # (B, T, phi)
+    for clip in nodes:
+      assert clip[:, 0].tolist() == list(range(t))
+      assert all(row[1:].tolist() == clip[0, 1:].tolist() for row in clip)
+      assert len(set(clip[0, 1:])) == tau
+      drawn |= set(clip[0, 1:].tolist())
+  assert drawn == set(range(t))
+  # Evaluation: round(linspace(0, 6, 4)) = 0, 2, 4, 6 for every key frame, derived by hand.
+  ev = np.asarray(node_indices(None, 1, t, tau, "clip"))[0]
+  assert ev[1].tolist() == [1, 0, 2, 4, 6] and ev[2].tolist() == [2, 0, 2, 4, 6]
+
+
+def test_global_pool_of_the_others_reading_never_holds_the_key_frame():
   t, tau = 7, 4
   for seed in range(5):
     nodes = np.asarray(node_indices(jax.random.key(seed), 3, t, tau, "others"))  # (B, T, phi)
@@ -60,9 +119,6 @@ def test_global_pool_never_holds_the_key_frame():
   assert ev[0].tolist() == [0, 1, 3, 4, 6]
   assert ev[3].tolist() == [3, 0, 2, 4, 6]
   assert ev[6].tolist() == [6, 0, 2, 3, 5]
-  # The "clip" reading: one pool per clip (0, 2, 4, 6), which holds the key frames 0, 2, 4 and 6.
-  clip = np.asarray(node_indices(None, 1, t, tau, "clip"))[0]
-  assert clip[2].tolist() == [2, 0, 2, 4, 6]
 
 
 @pytest.mark.parametrize("self_loops", [False, True])
@@ -103,23 +159,31 @@ def test_node_embedding_concatenates_the_key_feature_with_each_node():
   module = lmga(node_embed="concat")
   variables = module.init(jax.random.key(1), feats, train=False)
   embed_in = dict(calls(module, variables, feats, train=False))["embed1"]  # (B, T, phi, H, W, 2C)
-  nodes = np.asarray(node_indices(None, 1, 5, 4, "others"))[0]  # (T, phi)
+  nodes = np.asarray(node_indices(None, 1, 5, 4, "clip"))[0]  # (T, phi)
   f = np.asarray(feats[0])
   for t in range(5):
     for k, q in enumerate(nodes[t]):
       np.testing.assert_array_equal(np.asarray(embed_in[0, t, k]), np.concatenate([f[t], f[q]], -1))
 
 
-def test_output_is_the_refined_concatenation_without_a_residual():
-  """"then concatenate them": with refine2 zeroed the "concat" output is zero (no F_t + ... residual);
-  the "residual" reading returns F_t."""
+@pytest.mark.parametrize("output", ["refine", "concat", "residual"])
+def test_output_is_the_two_conv_refinement_of_the_key_node(output):
+  """Sec. 3.3: "To refine the enriched intermediate features set {E^{K+1}_t}, we use a small network
+  containing two convolutional layers": with "refine" the first conv sees the key node X^K_t alone
+  (LeakyReLU of graph2's output at node 0), with "concat" [F_t, X^K_t]; with refine2 zeroed the
+  output is zero (no residual) except for "residual", which returns F_t."""
   feats = jax.random.normal(jax.random.key(0), (1, 5, 4, 4, 4))
-  for output, want in (("concat", np.zeros(feats.shape)), ("residual", np.asarray(feats))):
-    module = lmga(output=output)
-    variables = module.init(jax.random.key(1), feats, train=False)
-    variables = jax.tree_util.tree_map_with_path(
-        lambda path, a: jnp.zeros_like(a) if "refine2" in jax.tree_util.keystr(path) else a, variables)
-    np.testing.assert_allclose(np.asarray(module.apply(variables, feats, train=False)), want, atol=1e-6)
+  module = lmga(output=output)
+  variables = module.init(jax.random.key(1), feats, train=False)
+  key = np.asarray(nn.leaky_relu(call_outputs(module, variables, feats, train=False)["graph2"][:, :, 0],
+                                 0.1))
+  want_in = {"concat": np.concatenate([np.asarray(feats), key], -1)}.get(output, key)
+  np.testing.assert_allclose(np.asarray(dict(calls(module, variables, feats, train=False))["refine1"]),
+                             want_in, rtol=1e-6, atol=1e-6)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, a: jnp.zeros_like(a) if "refine2" in jax.tree_util.keystr(path) else a, variables)
+  want = np.asarray(feats) if output == "residual" else np.zeros(feats.shape)
+  np.testing.assert_allclose(np.asarray(module.apply(variables, feats, train=False)), want, atol=1e-6)
 
 
 def numpy_pfrdb(x, w_frame, b_frame, w_distill, b_distill, w_fuse, b_fuse, slope):

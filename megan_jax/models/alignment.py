@@ -3,9 +3,12 @@
 MEGAN synthesises the feature of a missing in-between frame from its two neighbours as Zooming Slow-Mo
 does (Xiang et al., CVPR 2020):
 
-    Phi_1 = g_1([F_1, F_3]),  Phi_3 = g_3([F_3, F_1])                 Eq. (4): offsets and masks from the
-    T_1 = DConv(F_1, Phi_1),  T_3 = DConv(F_3, Phi_3)                 Eq. (5): concatenated pair; sampling
-    F_2 = H([T_1, T_3])                                               Eq. (6): blended by a 1x1 conv.
+    dp_1 = g_1([F_1, F_3]),  dp_3 = g_3([F_3, F_1])                  Eq. (4): offsets and masks from the
+    F_1' = DConv(F_1, dp_1),  F_3' = DConv(F_3, dp_3)                Eq. (5): concatenated pair; sampling
+    F_2 = C_1(F_1') + C_3(F_3') = W [F_1', F_3'] + b                 Eq. (6): C_1, C_3 "1 x 1 Conv layer"
+
+Eq. (6)'s two 1x1 convs are one 1x1 conv over the concatenation (ZSM's `fusion`): the same function,
+with the two biases summed into one (C fewer parameters than two separate convs).
 
 g is the pyramid, cascading and deformable (PCD) scheme of EDVR over 3 levels: level-l offset features come
 from the concatenated pair and from the x2 bilinearly upsampled level-(l+1) offset feature multiplied by 2

@@ -3,7 +3,8 @@
 Every switch of the architecture lives here so that variants are config fields, not subclasses. The
 `model_config` ConfigDict is what config files and the command line edit; `ModelSpec.from_config` freezes
 it into the immutable spec the flax modules hold. The `*_` reading fields choose between the two readings
-of a sentence of the paper (docs/ARCHITECTURE.md quotes each); the defaults are the faithful readings.
+of a sentence of the paper (docs/ARCHITECTURE.md quotes each, with its Sec. and Eq.); the defaults are
+the readings the text supports.
 """
 
 import dataclasses
@@ -19,10 +20,10 @@ CHOICES = {
     "front_order": ("nlrb_first", "convs_first"),
     "nlrb_scope": ("spacetime", "frame"),
     "attention_impl": ("chunked", "full", "xla", "cudnn"),
-    "lmga_pool": ("others", "clip"),
+    "lmga_pool": ("clip", "others"),
     "lmga_node_embed": ("concat", "separate"),
     "lmga_graph": ("per_layer", "shared"),
-    "lmga_output": ("concat", "residual"),
+    "lmga_output": ("refine", "concat", "residual"),
     "deform_impl": ("jnp", "pallas"),
     "dtype": tuple(DTYPES),
 }
@@ -50,11 +51,11 @@ def model_config(variant: str = "megan") -> ml_collections.ConfigDict:
   c.use_lmga = True
   c.lmga_tau = 4              # global-pool size tau
   c.lmga_layers = 2           # graph-conv layers K
-  c.lmga_pool = "others"      # memory frames drawn from the frames other than the key | "clip"
+  c.lmga_pool = "clip"        # one pool per clip from {1..2n+1} (Sec. 3.3) | "others": per key, without it
   c.lmga_node_embed = "concat"  # N_g over [key feature, node feature] | "separate": each node alone
   c.lmga_graph = "per_layer"  # graph G^k rebuilt from every layer's input | "shared": built once
   c.lmga_self_loops = False   # |E| = |V|(phi - 1): no edge from a node to itself
-  c.lmga_output = "concat"    # refine([F_t, key node]) | "residual": F_t + refine(key node)
+  c.lmga_output = "refine"    # refine(key node) (Sec. 3.3) | "concat": refine([F_t, key]) | "residual"
   # Reconstruction (Sec. 3.4).
   c.use_pfrdb = True
   c.pfrdb_blocks = 5          # m2

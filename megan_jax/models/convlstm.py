@@ -1,8 +1,9 @@
 """Bidirectional deformable ConvLSTM, Sec. 3.3, Eq. (7)-(11) (ZSM's `BiDeformableConvLSTM`).
 
 At every step the previous hidden and cell states are first aligned to the current input feature by
-deformable alignment (Eq. (7)-(8): a PCD module per state, each with its own 3-level pyramid), then the
-ConvLSTM gates come from one 3x3 conv over [x_t, h~] (Eq. (9)-(11)):
+deformable alignment (Eq. (7)-(10): g^h, g^c "deploys the Pyramid, Cascading and Deformable (PCD)
+architecture in [57]", a PCD module per state, each with its own 3-level pyramid), then the ConvLSTM
+gates come from one 3x3 conv over [x_t, h~] (Eq. (11)):
 
     h~ = A_h(x_t, h_{t-1}),  c~ = A_c(x_t, c_{t-1})
     i, f, o, g = split(W * [x_t, h~] + b);  c_t = sigma(f) c~ + sigma(i) tanh(g);  h_t = sigma(o) tanh(c_t)
@@ -21,7 +22,11 @@ from megan_jax.models.layers import Conv, ConvSpec
 
 
 class StateAlignment(nn.Module):
-  """ZSM's `Easy_PCD`: aligns a recurrent state to the current input (Eq. (7) or (8))."""
+  """ZSM's `Easy_PCD`: aligns a recurrent state to the current input, Eq. (7)/(9) or (8)/(10).
+
+  As the code of [60] that Sec. 3.3 adopts: PCD in both directions between state and input, fused by
+  a 1x1 conv, where Eq. (9)-(10) print one DConv of the state.
+  """
   spec: ConvSpec
 
   @nn.compact

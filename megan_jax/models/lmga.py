@@ -1,26 +1,33 @@
 """Long-range memory graph aggregation (LMGA), Sec. 3.3, Eq. (12)-(13).
 
 For every key frame t of the 2n+1 frame features (the local pool) a graph is built over phi = tau + 1
-nodes: the key frame and a global pool of tau memory frames. The readings below are `model.lmga_*` fields;
-docs/ARCHITECTURE.md quotes the paper for each and names the alternative.
+nodes: the key frame and a global pool of tau memory frames (Sec. 3.3; tau = 4, K = 2 in Sec. 3.6). The
+readings below are `model.lmga_*` fields; docs/ARCHITECTURE.md quotes the paper for each and names the
+alternative.
 
-- Global pool (`lmga_pool`): "others" (default) draws the tau memory frames from the 2n frames other than
-  the key, so no node is the key frame twice; "clip" draws one pool per clip, which can contain the key.
-  Training draws the first tau entries of a random permutation (RNG stream "lmga"); evaluation takes tau
-  frames evenly spread (`eval_global_indices`).
-- Nodes, Eq. (12) M = N_g(L, G) (`lmga_node_embed`): "concat" (default): the "global-local aggregation"
-  N_g embeds the channel concatenation [F_t, F_q] of the local (key) feature with each node's feature by
-  3 convs; "separate": N_g embeds each node alone.
-- Edges: A_pq = softmax_q( f(|E_p - E_q|) ), f a conv stack (3x3 conv C->C, LeakyReLU, 3x3 conv C->1), one
-  weight per node pair and pixel; f is symmetric, so it is evaluated once per unordered pair. Self-loops
-  (`lmga_self_loops`): off by default, the paper's |E| = |V|(phi - 1): the softmax of a node runs over
-  its phi - 1 neighbours.
+- Global pool (`lmga_pool`), Sec. 3.3: "we randomly shuffle and pick tau indices from the ordered index
+  sequence {1, ..., 2n+1} to create the global pool G". "clip" (default): one pool per clip from all
+  2n+1 frames, shared by every key frame (it may hold the key); "others": a pool per key frame from the
+  2n frames other than the key. Training draws the first tau entries of a random permutation (RNG
+  stream "lmga"); evaluation, on which the text is silent, takes tau frames evenly spread
+  (`eval_global_indices`).
+- Nodes, Eq. (12) M = N_g(L, G) (`lmga_node_embed`), N_g "containing three convolutional layers":
+  "concat" (default): N_g embeds the channel concatenation [F_t, F_q] of the local (key) feature with
+  each node's feature; "separate": N_g embeds each node alone (the text allows both).
+- Edges, Sec. 3.3: A_pq = softmax_q( f(|E_p - E_q|) ), "the non-linear combination of the absolute
+  difference between any two node features", "normalized to a stochastic matrix by using a softmax
+  along each row"; f a conv stack (3x3 conv C->C, LeakyReLU, 3x3 conv C->1), one weight per node pair
+  and pixel, evaluated once per unordered pair (f is symmetric). Self-loops (`lmga_self_loops`): off by
+  default, |E| = |V| x (phi - 1): the softmax of a node runs over its phi - 1 neighbours.
 - Graph per layer (`lmga_graph`), Eq. (13): "per_layer" (default): graph G^k with its own f_k is built
-  from the layer's input X^{k-1}, as Eq. (13)'s A^k and the K weighted graphs G^k say; "shared": one
-  graph from the embeddings, reused by every layer.
-- Aggregation, Eq. (13): X^k_p = LeakyReLU(W_k * sum_q A^k_pq X^{k-1}_q), W_k a 3x3 conv, k = 1..K.
-- Output (`lmga_output`): "concat" (default): the key node X^K_t is concatenated with F_t and refined by
-  2 convs (2C -> C -> C); "residual": F_t + refine(X^K_t).
+  from the layer's input X^{k-1} (the K weighted graphs G^k, "graph construction ... iteratively");
+  "shared": one graph from the embeddings, reused by every layer.
+- Aggregation, Eq. (13): X^k_p = LeakyReLU(W_k * sum_q A^k_pq X^{k-1}_q), W_k a 3x3 conv, k = 1..K (the
+  printed E^k_{p,r} under the sum over neighbours v is read as E^k_{v,r}, the adjacency operator A(E)).
+- Output (`lmga_output`), Sec. 3.3: "we use a small network containing two convolutional layers for
+  embedding features, and then concatenate them to obtain {E'_t}_{t=1}^{2n+1}". "refine" (default): the
+  key node X^K_t through 2 convs (C -> C -> C), the 2n+1 results forming the output sequence; "concat":
+  refine([F_t, X^K_t]) (2C -> C -> C); "residual": F_t + refine(X^K_t).
 """
 
 import flax.linen as nn
@@ -91,7 +98,7 @@ class LMGA(nn.Module):
   node_embed: str   # "concat" | "separate"
   graph: str        # "per_layer" | "shared"
   self_loops: bool
-  output: str       # "concat" | "residual"
+  output: str       # "refine" | "concat" | "residual"
 
   @nn.compact
   def __call__(self, feats: jax.Array, *, train: bool) -> jax.Array:
@@ -119,6 +126,9 @@ class LMGA(nn.Module):
       x = jnp.einsum("btpqhw,btqhwc->btphwc", adj, x)
       x = lrelu(conv(c, f"graph{k}")(x))
     key = x[:, :, 0]  # (B, T, H, W, C): the key frame's node
+    refine = lambda y: conv(c, "refine2")(lrelu(conv(c, "refine1")(y)))  # the two-conv refinement
+    if self.output == "refine":
+      return refine(key)
     if self.output == "concat":
-      return conv(c, "refine2")(lrelu(conv(c, "refine1")(jnp.concatenate([feats, key], -1))))
-    return feats + conv(c, "refine2")(lrelu(conv(c, "refine1")(key)))
+      return refine(jnp.concatenate([feats, key], -1))
+    return feats + refine(key)

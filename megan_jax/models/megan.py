@@ -28,10 +28,14 @@ from megan_jax.models.reconstruction import Reconstruction
 
 
 class FrontEnd(nn.Module):
-  """Shallow feature conv 3->C + LeakyReLU, then m1: NLRBs (Eq. (1)-(3)) and convs, or ZSM's RBs.
+  """Sec. 3.1: shallow 3x3 conv 3->C + LeakyReLU, the NLRBs (Eq. (1)-(3)), the m1 convs; or ZSM's RBs.
 
-  (B, T, H, W, 3) -> (B T, H, W, C). `front_order` "nlrb_first" follows Sec. 3.1's order (shallow conv,
-  NLRBs, the m1 convs); "convs_first" runs the convs before the NLRBs.
+  (B, T, H, W, 3) -> (B T, H, W, C). `front_order` "nlrb_first" follows Sec. 3.1's order ("we first use
+  a 3x3 convolutional (Conv) layer as a shallow feature extractor. Then, we incorporate a residual
+  non-local attention block ... After the m1 Conv layers, the hierarchical feature maps ... serve as
+  inputs for the following frame feature interpolation module"); "convs_first" runs the convs first.
+  m1 = 3 (Sec. 3.6) counts the convs after the shallow one; two NLRBs (Sec. 5: "removing two NLRB
+  blocks").
   """
   spec: ModelSpec
 

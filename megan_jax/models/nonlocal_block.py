@@ -20,7 +20,10 @@ The attention never materialises the (HW x HW) matrix on the default path: queri
 chunks of `chunk` positions against all keys, and each chunk is rematerialised in the backward pass, so
 memory is linear in the number of positions (a 180x144 frame runs on a laptop CPU). On GPU, `impl="cudnn"`
 hands the same computation to cuDNN's fused flash attention through `jax.nn.dot_product_attention`.
-There is no 1/sqrt(d) temperature: the paper's similarity is the plain dot product.
+There is no 1/sqrt(d) temperature: the paper's similarity is the plain dot product, Eq. (2)
+f(x_i, x_j) = (W_u x_i)^T W_v x_j, normalised by the softmax that Eq. (3) writes (Eq. (1)'s division by
+sum_j f(x_i, x_j) with f = exp of that dot product); u, v, g, W_z are 1x1 convs (Eq. (2)-(3): "a linear
+embedding for g: g(x_j) = W_g x_j"). Their width (`model.nlrb_embed`) is not in the paper.
 """
 
 import flax.linen as nn

@@ -1,4 +1,10 @@
-"""Progressive fusion reconstruction, Sec. 3.4: m2 (PFRDBs), m3 (residual blocks) and the x4 upsampler."""
+"""Progressive fusion reconstruction, Sec. 3.4: m2 PFRDBs, m3 residual blocks and the x4 upsampler.
+
+Sec. 3.4: "we first utilize m2 PFRDBs [65] ... After that, we concatenate m3 residual blocks [27] ...
+For up-sampling, we perform x2 upsample PixelShuffle operations [44, 27]. The last Conv layer fuses all
+the feature maps to reconstruct HR video sequence"; m2, m3 = 5, 20 (Sec. 3.6). The PFRDB's layers,
+the widths after PixelShuffle and the activations are not in the paper (PFNL's and ZSM's here).
+"""
 
 import functools
 
