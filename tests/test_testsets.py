@@ -56,20 +56,20 @@ def _eval_config(**fields):
 
 
 def test_specs_in_table1_order(roots):
-  specs = testsets.table1_specs(_eval_config(adobe=roots["adobe"], vimeo=roots["vimeo"],
+  specs = testsets.root_specs(_eval_config(adobe=roots["adobe"], vimeo=roots["vimeo"],
                                              vid4=roots["vid4"]))
   assert [s.name for s in specs] == ["Vid4", "Vimeo-Fast", "Vimeo-Medium", "Vimeo-Slow",
                                      "Adobe240"]
   assert [s.get("list_file") for s in specs[1:4]] == ["fast", "medium", "slow"]
-  assert [s.name for s in testsets.table1_specs(_eval_config(adobe=roots["adobe"]))] == ["Adobe240"]
-  assert testsets.table1_specs(_eval_config()) == []
+  assert [s.name for s in testsets.root_specs(_eval_config(adobe=roots["adobe"]))] == ["Adobe240"]
+  assert testsets.root_specs(_eval_config()) == []
   with pytest.raises(FileNotFoundError, match=r"config.eval.vid4: /no/Vid4 does not exist; "
                      r"expected ROOT/calendar, city, foliage, walk"):
-    testsets.table1_specs(_eval_config(vid4="/no/Vid4"))
+    testsets.root_specs(_eval_config(vid4="/no/Vid4"))
 
 
 def test_vid4_is_its_four_sequences_in_natural_frame_order(roots):
-  (spec,) = testsets.table1_specs(_eval_config(vid4=roots["vid4"]))
+  (spec,) = testsets.root_specs(_eval_config(vid4=roots["vid4"]))
   sequences = open_eval_dataset(spec)
   assert [s.name for s in sequences] == ["calendar", "city", "foliage", "walk"]  # not BIx4
   for seq in sequences:
