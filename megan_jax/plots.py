@@ -33,8 +33,9 @@ def per_frame_series(results: dict) -> list[dict]:
   return series
 
 
-def _shown(series: list, model: str, baseline: str | None) -> tuple[list, str]:
-  """The clips to draw and a note saying which they are."""
+def clips_to_plot(series: list, model: str, baseline: str | None) -> tuple[list, str]:
+  """The clips of `per_frame_series` to draw (all, or `MAX_CLIPS` of them) and a note saying
+  which they are."""
   if len(series) <= MAX_CLIPS:
     return series, ""
   if baseline is None:
@@ -48,7 +49,7 @@ def plot_psnr_per_frame(path: str, results: dict, *, title: str, model: str,
                         baseline: str | None = None) -> list[dict]:
   """Writes the PNG `path`: a panel per clip, PSNR-Y against frame index for every method in
   `results`, interpolated frames shaded. Returns the series drawn (`per_frame_series`)."""
-  shown, note = _shown(per_frame_series(results), model, baseline)
+  shown, note = clips_to_plot(per_frame_series(results), model, baseline)
   fig = Figure(figsize=(8, 0.6 + 2.2 * len(shown)), layout="constrained")
   FigureCanvasAgg(fig)
   axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]

@@ -41,9 +41,10 @@ class StepTable:
 
   summary.json = {"step", "summary": {method: {dataset: mean}}, "sources": {dataset: source}},
   `source` being what a column's numbers depend on besides the checkpoint (the set's spec and
-  the eval settings). A set scored again from the same source replaces its own column (and only
-  it); a set of the same name from another source is refused (`check`) before any work, as is a
-  column whose source is not recorded: nothing a user has is overwritten.
+  the eval settings). A set scored again from the same source replaces the cells of its column
+  that it scores (the same numbers, unless the code changed), and only those; a set of the same
+  name from another source is refused (`check`) before any work, as is a column whose source is
+  not recorded: nothing a user has is overwritten.
   """
 
   def __init__(self, directory: str, step: int):
@@ -64,11 +65,11 @@ class StepTable:
   def check(self, name: str, source: dict, field: str) -> None:
     """Raises a ValueError naming `field` when column `name` holds numbers from another source."""
     if name in self.sources:
-      old = self.sources[name]
-      if old == _plain(source):
+      old, new = self.sources[name], _plain(source)
+      if old == new:
         return
-      diff = ", ".join(f"{k} {old.get(k)!r} -> {_plain(source).get(k)!r}"
-                       for k in sorted(set(old) | set(source)) if old.get(k) != _plain(source).get(k))
+      diff = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+                       for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
       reason = f"was scored with other settings ({diff})"
     elif any(name in per_method for per_method in self.summary.values()):
       reason = "is there with no record of what it was scored on"
@@ -79,16 +80,10 @@ class StepTable:
                      f"table away, so that its results are not overwritten")
 
   def add(self, name: str, source: dict, means: dict) -> None:
-    """Sets column `name` to `means` ({method: mean}), dropping only that column's old cells."""
-    for method in list(self.summary):
-      self.summary[method].pop(name, None)
-      if not self.summary[method]:
-        del self.summary[method]
+    """Sets the cells of column `name` of the methods in `means` ({method: mean})."""
     for method, mean in means.items():
       self.summary.setdefault(method, {})[name] = mean
     self.sources[name] = _plain(source)
-    columns = self.columns()
-    self.summary = {m: {d: cells[d] for d in columns if d in cells} for m, cells in self.summary.items()}
 
   def columns(self) -> list:
     """Columns in the order they were first scored."""
@@ -104,7 +99,8 @@ class StepTable:
                     results_table(self.summary, markdown=True, datasets=columns)),
          "the table in Markdown"),
         (write_json(self.path, {"step": self.step, "summary": self.summary,
-                                "sources": self.sources}), "its mean scores and what they were scored on")]
+                                "sources": self.sources}),
+         "its mean scores and what they were scored on")]
 
 
 def _plain(obj):

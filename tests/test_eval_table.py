@@ -31,13 +31,20 @@ def _clips(root, clips: dict, seed: int = 0) -> str:
   return str(root)
 
 
+MODEL = train_fakes.ToyModel()
+
+
+@pytest.fixture(name="toy_params", scope="module")
+def _toy_params():
+  return jax.jit(lambda: MODEL.init(jax.random.key(0), jnp.zeros((1, 4, 8, 8, 3)))["params"])()
+
+
 @pytest.fixture(name="toy")
-def _toy(monkeypatch):
+def _toy(monkeypatch, toy_params):
   """The toy model in place of MEGAN (compiles in about a second); returns its parameters."""
-  model = train_fakes.ToyModel()
-  monkeypatch.setattr(predict, "build_model", lambda cfg: model)
-  monkeypatch.setattr(evaluate, "build_model", lambda cfg: model)
-  return jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4, 8, 8, 3)))["params"])()
+  monkeypatch.setattr(predict, "build_model", lambda cfg: MODEL)
+  monkeypatch.setattr(evaluate, "build_model", lambda cfg: MODEL)
+  return toy_params
 
 
 def _config(**eval_fields):
