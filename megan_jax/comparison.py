@@ -34,7 +34,7 @@ def _starts(length: int, size: int, stride: int) -> np.ndarray:
 
 
 def _box_psnr(err: np.ndarray, size: tuple, tops: np.ndarray, lefts: np.ndarray) -> np.ndarray:
-  """PSNR of every (top, left) crop of `size` from the squared errors `err` (H, W): (tops, lefts)."""
+  """PSNR of each (top, left) crop of `size` from the squared errors `err` (H, W): (tops, lefts)."""
   h, w = size
   c = np.pad(err.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # (H + 1, W + 1) integral image
   t, l = np.meshgrid(tops, lefts, indexing="ij")
@@ -67,7 +67,8 @@ def _window(sequence, index: int | None, num_input_frames: int) -> dict:
 
 def _psnr(img: np.ndarray, gt: np.ndarray, box) -> str:
   top, left, h, w = box
-  return f"PSNR-Y {metrics.psnr_y(img[top:top + h, left:left + w], gt[top:top + h, left:left + w]):.2f} dB"
+  crop = lambda x: x[top:top + h, left:left + w]
+  return f"PSNR-Y {metrics.psnr_y(crop(img), crop(gt)):.2f} dB"
 
 
 def crops(sequence, predict_fns: dict, *, model: str, baseline: str, index: int | None = None,

@@ -17,8 +17,9 @@ MAX_CLIPS = 12
 
 
 def per_frame_series(results: dict) -> list[dict]:
-  """[{"name", "index": [...], "interpolated": [...], "psnr_y": {method: [...]}}, ...], one per clip,
-  from `evaluate_sequences` results {method: res} of one set (all methods score the same frames)."""
+  """[{"name", "index": [...], "interpolated": [...], "psnr_y": {method: [...]}}, ...], a dict
+  per clip, from `evaluate_sequences` results {method: res} of one set (all methods score the
+  same frames)."""
   methods = list(results)
   series = []
   for clips in zip(*(results[m]["clips"] for m in methods)):
@@ -26,10 +27,12 @@ def per_frame_series(results: dict) -> list[dict]:
     for method, clip in zip(methods, clips):
       if clip["name"] != first["name"] or [f["index"] for f in clip["frames"]] != [
           f["index"] for f in first["frames"]]:
-        raise ValueError(f"plots: {method} scored other frames of {first['name']} than {methods[0]}")
+        raise ValueError(f"plots: {method} scored other frames of {first['name']} than "
+                         f"{methods[0]}")
     series.append({"name": first["name"], "index": [f["index"] for f in first["frames"]],
                    "interpolated": [f["interpolated"] for f in first["frames"]],
-                   "psnr_y": {m: [f["psnr_y"] for f in c["frames"]] for m, c in zip(methods, clips)}})
+                   "psnr_y": {m: [f["psnr_y"] for f in c["frames"]]
+                              for m, c in zip(methods, clips)}})
   return series
 
 

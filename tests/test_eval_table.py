@@ -4,6 +4,8 @@ any folder of clips is one flag, and bad input ends in one line naming the path.
 import json
 import os
 import re
+import subprocess
+import sys
 
 import av
 import jax
@@ -216,3 +218,14 @@ def test_bad_folders_end_in_one_line_naming_the_path(toy, tmp_path, case):
   message = str(e.value)
   assert message.startswith("config.eval.folders: ") and bad in message and "\n" not in message
   assert not os.path.exists(os.path.join(workdir, "eval"))  # nothing written
+
+
+def test_cli_bad_folders_root_is_one_line_and_a_nonzero_exit(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "megan_jax.main", "--mode=eval", "--config=configs/vimeo.py:tiny",
+       f"--workdir={tmp_path / 'w'}", f"--config.eval.folders={tmp_path / 'nope'}"],
+      cwd=train_fakes.REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      f"megan_jax: error: config.eval.folders: {tmp_path / 'nope'} does not exist; expected "
+      f"ROOT/<clip>: folders of frames or video files"), proc.stderr
+  assert not os.path.exists(tmp_path / "w")

@@ -208,7 +208,8 @@ def test_evaluate_end_to_end(tmp_path, capsys):
     saved = json.load(f)
   ref = _reference(root, "a")
   assert [fr["index"] for fr in saved["clips"][0]["frames"]] == list(range(7))
-  assert [fr["interpolated"] for fr in saved["clips"][0]["frames"]] == [k % 2 == 1 for k in range(7)]
+  assert [fr["interpolated"] for fr in saved["clips"][0]["frames"]] == [
+      k % 2 == 1 for k in range(7)]
   np.testing.assert_allclose(saved["mean"]["psnr_y"], np.mean([v[0] for v in ref.values()]),
                              rtol=1e-12)
   with open(os.path.join(out["dir"], "Tiny", "MEGAN.json")) as f:

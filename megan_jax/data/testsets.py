@@ -50,7 +50,8 @@ def root_specs(eval_config, lr_root: str | None = None) -> list:
       specs.append(_spec(name=name, kind="vimeo", root=roots["vimeo"], list_file=subset,
                          lr_root=lr_root, field="config.eval.vimeo"))
   if roots["adobe"]:
-    specs.append(_spec(name=TABLE1[4], kind="folders", root=roots["adobe"], field="config.eval.adobe"))
+    specs.append(_spec(name=TABLE1[4], kind="folders", root=roots["adobe"],
+                       field="config.eval.adobe"))
   if roots["folders"]:
     specs.append(_spec(name=eval_config.get("folders_name"), kind="folders", root=roots["folders"],
                        field="config.eval.folders"))
