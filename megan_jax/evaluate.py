@@ -121,7 +121,6 @@ def _slug(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
-
 def comparison_image(sequence, predict_fns: dict, *, num_input_frames: int = 4) -> np.ndarray:
   """The validation image: `comparison.crops` of the first window of `sequence`, comparing the
   first method of `predict_fns` with the baseline (added when missing). uint8 (H, W, 3)."""

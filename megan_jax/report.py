@@ -143,12 +143,6 @@ def save_png(path: str, frame: np.ndarray) -> str:
   return path
 
 
-def center_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-  """(top, left, h, w) of a centred square crop of side at most `size`."""
-  h, w = min(size, height), min(size, width)
-  return (height - h) // 2, (width - w) // 2, h, w
-
-
 LABEL_LINE = 14  # pixels per text line above a panel
 
 
