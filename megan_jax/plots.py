@@ -42,10 +42,10 @@ def clips_to_plot(series: list, model: str, baseline: str | None) -> tuple[list,
   if len(series) <= MAX_CLIPS:
     return series, ""
   if baseline is None:
-    return series[:MAX_CLIPS], f" (the first {MAX_CLIPS} of {len(series)} clips)"
+    return series[:MAX_CLIPS], f"the first {MAX_CLIPS} of {len(series)} clips"
   gain = lambda s: np.mean(np.asarray(s["psnr_y"][model]) - np.asarray(s["psnr_y"][baseline]))
   return (sorted(series, key=gain)[:MAX_CLIPS],
-          f" ({MAX_CLIPS} of {len(series)} clips: those where {model} gains least over {baseline})")
+          f"{MAX_CLIPS} of {len(series)} clips: those where {model} gains least over {baseline}")
 
 
 def plot_psnr_per_frame(path: str, results: dict, *, title: str, model: str,
@@ -63,12 +63,13 @@ def plot_psnr_per_frame(path: str, results: dict, *, title: str, model: str,
     for method, values in clip["psnr_y"].items():
       y = np.asarray(values, np.float64)
       ax.plot(clip["index"], np.where(np.isfinite(y), y, np.nan), marker=".", label=method)
-    ax.set_title(clip["name"], fontsize=9, loc="left")
+    means = ", ".join(f"{m} {np.mean(v):.2f}" for m, v in clip["psnr_y"].items())
+    ax.set_title(f"{clip['name']} (mean {means} dB)", fontsize=9, loc="left")
     ax.set_ylabel("PSNR-Y (dB)")
     ax.grid(alpha=0.3)
   axes[-1].set_xlabel("frame (shaded: interpolated, no LR input)")
   axes[0].legend(fontsize=8, loc="best")
-  fig.suptitle(f"{title}: PSNR-Y per frame{note}", fontsize=10)
+  fig.suptitle(f"{title}: PSNR-Y per frame" + (f"\n{note}" if note else ""), fontsize=10)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=80)
   return shown

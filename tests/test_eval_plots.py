@@ -55,7 +55,7 @@ def test_a_large_set_plots_the_clips_where_the_model_gains_least():
   shown, note = plots.clips_to_plot(plots.per_frame_series(results), "m", "b")
   want = sorted(range(15), key=lambda i: gains[i])[:plots.MAX_CLIPS]
   assert [d["name"] for d in shown] == [f"c{i}" for i in want]
-  assert note == f" ({plots.MAX_CLIPS} of 15 clips: those where m gains least over b)"
+  assert note == f"{plots.MAX_CLIPS} of 15 clips: those where m gains least over b"
 
 
 def test_best_box_is_the_brute_force_maximum():
