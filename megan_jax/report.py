@@ -1,4 +1,5 @@
-"""Reporting: the Table 1 style results table, JSON files, side-by-side PNG crops, "wrote" lines."""
+"""Reporting: the Table 1 style results table of a checkpoint (kept across runs), JSON files,
+side-by-side PNG crops, "wrote" lines."""
 
 import json
 import os
@@ -34,6 +35,74 @@ def _cell(mean: dict | None) -> str:
   return f"{mean['psnr_y']:.2f}/{mean['ssim_y']:.4f}"
 
 
+class StepTable:
+  """The results table of one checkpoint, `DIR/summary.json`, `table.txt`, `table.md`, kept
+  across runs: each run adds the test sets it scores as columns and never drops another's.
+
+  summary.json = {"step", "summary": {method: {dataset: mean}}, "sources": {dataset: source}},
+  `source` being what a column's numbers depend on besides the checkpoint (the set's spec and
+  the eval settings). A set scored again from the same source replaces the cells of its column
+  that it scores (the same numbers, unless the code changed), and only those; a set of the same
+  name from another source is refused (`check`) before any work, as is a column whose source is
+  not recorded: nothing a user has is overwritten.
+  """
+
+  def __init__(self, directory: str, step: int):
+    self.path = os.path.join(directory, "summary.json")
+    self.step = step
+    self.summary, self.sources = {}, {}
+    if os.path.exists(self.path):
+      try:
+        with open(self.path, encoding="utf-8") as f:
+          saved = json.load(f)
+        self.summary, self.sources = saved["summary"], saved.get("sources", {})
+        if saved["step"] != step or not isinstance(self.summary, dict):
+          raise ValueError(f"written for step {saved['step']}")
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{self.path}: cannot read the results already there ({e}); move the "
+                         f"file away to start a new table") from e
+
+  def check(self, name: str, source: dict, field: str) -> None:
+    """Raises a ValueError naming `field` when column `name` holds numbers from another source."""
+    if name in self.sources:
+      old, new = self.sources[name], _plain(source)
+      if old == new:
+        return
+      diff = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+                       for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+      reason = f"was scored with other settings ({diff})"
+    elif any(name in per_method for per_method in self.summary.values()):
+      reason = "is there with no record of what it was scored on"
+    else:
+      return
+    raise ValueError(f"{field}: the column {name!r} of {self.path} {reason}; give this set "
+                     f"another name (config.eval.folders_name, or the spec's name) or move the "
+                     f"table away, so that its results are not overwritten")
+
+  def add(self, name: str, source: dict, means: dict) -> None:
+    """Sets the cells of column `name` of the methods in `means` ({method: mean})."""
+    for method, mean in means.items():
+      self.summary.setdefault(method, {})[name] = mean
+    self.sources[name] = _plain(source)
+
+  def columns(self) -> list:
+    """Columns in the order they were first scored."""
+    return list(dict.fromkeys(list(self.sources) + [d for m in self.summary.values() for d in m]))
+
+  def write(self) -> list:
+    """Writes the table files; returns [(path, what), ...]."""
+    directory, columns = os.path.dirname(self.path), self.columns()
+    return [
+        (write_text(os.path.join(directory, "table.txt"),
+                    results_table(self.summary, datasets=columns)), "the table of this checkpoint"),
+        (write_text(os.path.join(directory, "table.md"),
+                    results_table(self.summary, markdown=True, datasets=columns)),
+         "the table in Markdown"),
+        (write_json(self.path, {"step": self.step, "summary": self.summary,
+                                "sources": self.sources}),
+         "its mean scores and what they were scored on")]
+
+
 def _plain(obj):
   """numpy scalars and arrays -> Python numbers and lists, for json."""
   if isinstance(obj, dict):
@@ -58,9 +127,12 @@ def write_json(path: str, obj) -> str:
 
 
 def write_text(path: str, text: str) -> str:
+  """Writes `text` (to a temporary file, then renamed). Returns `path`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
     f.write(text)
+  os.replace(tmp, path)
   return path
 
 
@@ -71,17 +143,16 @@ def save_png(path: str, frame: np.ndarray) -> str:
   return path
 
 
-def center_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-  """(top, left, h, w) of a centred square crop of side at most `size`."""
-  h, w = min(size, height), min(size, width)
-  return (height - h) // 2, (width - w) // 2, h, w
+LABEL_LINE = 14  # pixels per text line above a panel
 
 
-def side_by_side_image(panels: list, *, box=None, zoom: int = 1, gap: int = 4) -> np.ndarray:
-  """Labelled panels [(label, uint8 (H, W, 3)), ...] in a row: uint8 (14 + H', W', 3).
+def side_by_side_image(panels: list, *, box=None, zoom: int = 1, gap: int = 4,
+                       caption: str = "") -> np.ndarray:
+  """Labelled panels [(label, uint8 (H, W, 3)), ...] in a row: uint8 (14 L + H', W', 3).
 
-  `box` = (top, left, h, w) crops every panel the same way; `zoom` enlarges the crops with
-  nearest-neighbour so that pixels stay visible.
+  A label may have several lines ("\n"); L is the most lines of any label, plus one for a
+  `caption` line across the top. `box` = (top, left, h, w) crops every panel the same way; `zoom`
+  enlarges the crops with nearest-neighbour so that pixels stay visible.
   """
   crops = []
   for label, img in panels:
@@ -90,15 +161,19 @@ def side_by_side_image(panels: list, *, box=None, zoom: int = 1, gap: int = 4) -
       top, left, h, w = box
       img = img[top:top + h, left:left + w]
     crops.append((label, np.repeat(np.repeat(img, zoom, 0), zoom, 1)))
-  label_h = 14
+  top_h = LABEL_LINE if caption else 0
+  label_h = top_h + LABEL_LINE * max(label.count("\n") + 1 for label, _ in crops)
   h = max(c.shape[0] for _, c in crops)
   total_w = sum(c.shape[1] for _, c in crops) + gap * (len(crops) - 1)
   canvas = Image.new("RGB", (total_w, h + label_h), "white")
   draw = ImageDraw.Draw(canvas)
+  if caption:
+    draw.text((2, 1), caption, fill="black")
   x = 0
   for label, c in crops:
     canvas.paste(Image.fromarray(c), (x, label_h))
-    draw.text((x + 2, 1), label, fill="black")
+    for i, line in enumerate(label.split("\n")):
+      draw.text((x + 2, top_h + 1 + LABEL_LINE * i), line, fill="black")
     x += c.shape[1] + gap
   return np.asarray(canvas)
 

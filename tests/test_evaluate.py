@@ -208,6 +208,8 @@ def test_evaluate_end_to_end(tmp_path, capsys):
     saved = json.load(f)
   ref = _reference(root, "a")
   assert [fr["index"] for fr in saved["clips"][0]["frames"]] == list(range(7))
+  assert [fr["interpolated"] for fr in saved["clips"][0]["frames"]] == [
+      k % 2 == 1 for k in range(7)]
   np.testing.assert_allclose(saved["mean"]["psnr_y"], np.mean([v[0] for v in ref.values()]),
                              rtol=1e-12)
   with open(os.path.join(out["dir"], "Tiny", "MEGAN.json")) as f:
@@ -220,6 +222,8 @@ def test_evaluate_end_to_end(tmp_path, capsys):
   assert sorted(os.listdir(frames_dir)) == [f"{i:05d}.png" for i in range(7)]
   with Image.open(os.path.join(out["dir"], "Tiny", "comparison.png")) as im:
     assert im.size[0] > 4 * 128  # LR | baseline | model | GT crops side by side
+  with Image.open(os.path.join(out["dir"], "Tiny", "psnr_y_per_frame.png")) as im:
+    assert im.format == "PNG"
 
 
 def test_dataset_names():

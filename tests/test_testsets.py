@@ -50,26 +50,31 @@ def roots(tmp_path_factory):
 
 
 def _eval_config(**fields):
-  ev = ml_collections.ConfigDict({"vid4": None, "vimeo": None, "adobe": None, "datasets": []})
+  ev = ml_collections.ConfigDict({"vid4": None, "vimeo": None, "adobe": None, "folders": None,
+                                  "folders_name": None, "datasets": []})
   ev.update(fields)
   return ev
 
 
-def test_specs_in_table1_order(roots):
-  specs = testsets.table1_specs(_eval_config(adobe=roots["adobe"], vimeo=roots["vimeo"],
-                                             vid4=roots["vid4"]))
-  assert [s.name for s in specs] == ["Vid4", "Vimeo-Fast", "Vimeo-Medium", "Vimeo-Slow",
-                                     "Adobe240"]
+def test_specs_in_table1_order_then_any_folder(roots):
+  specs = testsets.root_specs(_eval_config(adobe=roots["adobe"], vimeo=roots["vimeo"],
+                                           vid4=roots["vid4"], folders=roots["vid4"]))
+  assert [evaluate.dataset_name(s) for s in specs] == [
+      "Vid4", "Vimeo-Fast", "Vimeo-Medium", "Vimeo-Slow", "Adobe240", "vid4"]
+  assert [s.field for s in specs] == ["config.eval.vid4"] + ["config.eval.vimeo"] * 3 + [
+      "config.eval.adobe", "config.eval.folders"]
   assert [s.get("list_file") for s in specs[1:4]] == ["fast", "medium", "slow"]
-  assert [s.name for s in testsets.table1_specs(_eval_config(adobe=roots["adobe"]))] == ["Adobe240"]
-  assert testsets.table1_specs(_eval_config()) == []
+  named = testsets.root_specs(_eval_config(folders=roots["adobe"], folders_name="Mine"))
+  assert [evaluate.dataset_name(s) for s in named] == ["Mine"]
+  assert [s.name for s in testsets.root_specs(_eval_config(adobe=roots["adobe"]))] == ["Adobe240"]
+  assert testsets.root_specs(_eval_config()) == []
   with pytest.raises(FileNotFoundError, match=r"config.eval.vid4: /no/Vid4 does not exist; "
                      r"expected ROOT/calendar, city, foliage, walk"):
-    testsets.table1_specs(_eval_config(vid4="/no/Vid4"))
+    testsets.root_specs(_eval_config(vid4="/no/Vid4"))
 
 
 def test_vid4_is_its_four_sequences_in_natural_frame_order(roots):
-  (spec,) = testsets.table1_specs(_eval_config(vid4=roots["vid4"]))
+  (spec,) = testsets.root_specs(_eval_config(vid4=roots["vid4"]))
   sequences = open_eval_dataset(spec)
   assert [s.name for s in sequences] == ["calendar", "city", "foliage", "walk"]  # not BIx4
   for seq in sequences:
