@@ -68,29 +68,32 @@ def evaluate_sequences(predict_fn, sequences, *, num_input_frames: int = 4,
     raise ValueError(f"{desc}: no sequences to evaluate")
   scores = {id(seq): {} for seq in sequences}  # frame index -> metrics
   bar = None
-  for batch in _batches(sequences, num_input_frames, batch_size):
-    out = predict_fn(np.stack([win["lr"] for _, win in batch]))  # (B, 2n+1, 4h, 4w, 3)
-    done = 0
-    for (seq, win), pred in zip(batch, np.asarray(out)):
-      if pred.shape != win["gt"].shape:
-        raise ValueError(f"{desc}/{seq.name}: prediction {pred.shape} != GT {win['gt'].shape}")
-      for frame, gt, index, scored in zip(pred, win["gt"], win["gt_indices"], win["scored"]):
-        if not scored:
-          continue
-        if index in scores[id(seq)]:
-          raise RuntimeError(f"{desc}/{seq.name}: frame {index} scored twice")
-        frame = metrics.to_uint8(frame)
-        scores[id(seq)][index] = {**{k: fn(frame, gt) for k, fn in METRICS.items()},
-                                  "interpolated": index not in win["input_indices"]}
-        if save_dir is not None:
-          report.save_png(os.path.join(save_dir, seq.name, f"{index:05d}.png"), frame)
-        done += 1
-    if bar is None:  # after the first batch, which compiles: rate and ETA count from here
-      bar = progress_bar(sum(s.num_frames for s in sequences), desc, unit="frame", initial=done,
-                         shown=progress)
-    else:
-      bar.update(done)
-  bar.close()
+  try:
+    for batch in _batches(sequences, num_input_frames, batch_size):
+      out = predict_fn(np.stack([win["lr"] for _, win in batch]))  # (B, 2n+1, 4h, 4w, 3)
+      done = 0
+      for (seq, win), pred in zip(batch, np.asarray(out)):
+        if pred.shape != win["gt"].shape:
+          raise ValueError(f"{desc}/{seq.name}: prediction {pred.shape} != GT {win['gt'].shape}")
+        for frame, gt, index, scored in zip(pred, win["gt"], win["gt_indices"], win["scored"]):
+          if not scored:
+            continue
+          if index in scores[id(seq)]:
+            raise RuntimeError(f"{desc}/{seq.name}: frame {index} scored twice")
+          frame = metrics.to_uint8(frame)
+          scores[id(seq)][index] = {**{k: fn(frame, gt) for k, fn in METRICS.items()},
+                                    "interpolated": index not in win["input_indices"]}
+          if save_dir is not None:
+            report.save_png(os.path.join(save_dir, seq.name, f"{index:05d}.png"), frame)
+          done += 1
+      if bar is None:  # after the first batch, which compiles: rate and ETA count from here
+        bar = progress_bar(sum(s.num_frames for s in sequences), desc, unit="frame", initial=done,
+                           shown=progress)
+      else:
+        bar.update(done)
+  finally:  # closed on an error or Ctrl-C too: an open bar is redrawn after the message
+    if bar is not None:
+      bar.close()
   clips = []
   for seq in sequences:
     got = scores[id(seq)]

@@ -23,7 +23,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from megan_jax import checkpointing, progress
 from megan_jax.data.pipeline import SCALE
@@ -63,10 +62,6 @@ def stop_on_signals(what: str, advice: str = "rerun the same command to start ag
   previous = {s: signal.signal(s, handle) for s in caught}
   try:
     yield
-  except Interrupted:
-    for bar in list(tqdm.tqdm._instances):  # pylint: disable=protected-access
-      bar.close()  # a bar left open would be redrawn after main.py's one-line message
-    raise
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
