@@ -140,18 +140,29 @@ def test_none_on_the_command_line_is_none():
       "None", "None", "None", "None", "5"]  # the last override of a field wins
 
 
-def test_documented_commands_name_real_modules_and_configs():
-  """Every `python -m megan_jax.X` and --config=FILE in the README and the config docstrings."""
+def test_documented_commands_name_real_modules_configs_and_fields():
+  """Every `python -m megan_jax.X`, --config=FILE and --config.FIELD in the README and the config
+  docstrings exists."""
   docs = [os.path.join(train_fakes.REPO, "README.md")] + [
       os.path.join(train_fakes.REPO, "configs", f) for f in os.listdir(
           os.path.join(train_fakes.REPO, "configs")) if f.endswith(".py")]
-  modules, configs = set(), set()
+  modules, configs, fields = set(), set(), set()
   for doc in docs:
     with open(doc, encoding="utf-8") as f:
       text = f.read()
     modules.update(re.findall(r"python -m (megan_jax[\w.]*)", text))
     configs.update(re.findall(r"--config=([\w/.]+\.py)", text))
+    fields.update(f.rstrip(".") for f in re.findall(r"--config\.([\w.]+)", text) if f != "field")
   assert "megan_jax.convert" in modules and "configs/demo.py" in configs
+  assert "pretrained" in fields and "eval.vid4" in fields
+  sys.path.insert(0, train_fakes.REPO)
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  known = demo.get_config()  # configs/vimeo.py's fields and the demo's own
+  for field in fields:
+    node = known
+    for name in field.split("."):
+      assert name in node, f"--config.{field}"
+      node = node[name]
   for module in modules:
     assert os.path.isfile(os.path.join(train_fakes.REPO, *module.split(".")) + ".py"), module
   for config in configs:
