@@ -28,7 +28,6 @@ The result is a params-only checkpoint at step 0 (`checkpointing.save_params`): 
 optimiser state and data order.
 """
 
-import os
 import re
 import sys
 
