@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import train_fakes
-from megan_jax import checkpointing, logging_utils, pretrained
+from megan_jax import checkpointing, config_file, logging_utils, pretrained
 
 
 def _main(*args, script=None, timeout=120):
@@ -102,17 +102,14 @@ def test_no_config_says_it_is_required(tmp_path):
     ("X = 1\n", r"{path}: {path} defines no get_config\(\); .*"),
     (None, r"{path}: {path} does not exist; give a config file such as configs/vimeo.py"),
 ])
-def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, capsys, source, line):
-  from megan_jax import main  # pylint: disable=import-outside-toplevel
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, source, line):
   path = tmp_path / "my_config.py"
   if source is not None:
     path.write_text(source)
-  with pytest.raises(SystemExit) as info:
-    main._load_config(str(path))  # pylint: disable=protected-access
-  assert info.value.code == 2
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and re.fullmatch(
-      "megan_jax: error: --config=" + line.format(path=re.escape(str(path))), lines[0]), lines
+  with pytest.raises(config_file.ConfigFileError) as info:
+    config_file.load(str(path))
+  assert re.fullmatch("--config=" + line.format(path=re.escape(str(path))), str(info.value)), (
+      str(info.value))
 
 
 def test_a_config_file_raising_at_load_ends_the_cli_in_one_line(tmp_path):
