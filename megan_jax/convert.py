@@ -28,7 +28,6 @@ The result is a params-only checkpoint at step 0 (`checkpointing.save_params`): 
 optimiser state and data order.
 """
 
-import os
 import re
 import sys
 
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from megan_jax import checkpointing, torch_pickle
+from megan_jax import checkpointing, npz, paths, torch_pickle
 from megan_jax.models import build_model, model_config
 
 NEST_KEYS = ("state_dict", "params", "model")
@@ -139,13 +138,7 @@ def find_state_dict(obj, where: str) -> dict:
 def read_state_dict(path: str) -> dict:
   """{official name: numpy array} from a .pth (zip or legacy) or .npz file."""
   if path.lower().endswith(".npz"):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: no such file")
-    try:
-      with np.load(path, allow_pickle=False) as z:
-        flat = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-      raise torch_pickle.TorchFormatError(f"{path}: cannot read as .npz ({e})") from e
+    flat = npz.read(path)
     for key in NEST_KEYS:  # np.savez of a nested dict flattens it to 'state_dict/name' or '.name'
       for sep in ("/", "."):
         if flat and all(k.startswith(key + sep) for k in flat):
@@ -239,6 +232,7 @@ def convert(path: str, workdir: str) -> tuple[dict, str]:
 
   Returns (the model fields read off the state_dict, the checkpoint directory written)."""
   tensors = read_state_dict(path)
+  paths.writable_dir(workdir, "--workdir")  # raises OSError naming it (a file, read-only, ...)
   try:
     fields = infer_fields(tensors)
     params = zsm_params(tensors, fields)
@@ -276,8 +270,10 @@ def main(argv):
   path, workdir = argv[1], FLAGS.workdir
   try:
     fields, written = convert(path, workdir)
-  except (ValueError, FileNotFoundError) as e:
+  except ValueError as e:
     _die(str(e), 1)
+  except OSError as e:
+    _die(paths.describe_os_error(e), 1)
   extra = " ".join(overrides(fields))
   print(f"{path}: Zooming Slow-Mo with {', '.join(f'{k}={v}' for k, v in fields.items())}\n"
         f"wrote the step-0 checkpoint {written}; evaluate it with\n"

@@ -4,9 +4,7 @@ an empty DIR starts from config.pretrained when set. --mode=export writes DIR's 
 .npz (config.export.output). --mode=config lists every config field with its value and a
 description (no --workdir needed)."""
 
-import importlib.util
 import os
-import re
 import sys
 
 # XLA's C++ log shows only FATAL messages: on a CPU its "Very slow compile?" alarm (an ERROR after
@@ -15,8 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
-from megan_jax import config_doc
+from megan_jax import config_check, config_doc, config_file
 
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results (required "
                     "except with --mode=config).")
@@ -35,47 +34,25 @@ def _die(message: str, code: int = 2):
   sys.exit(code)
 
 
-def _unknown_fields_message(argv) -> str:
-  """Names the --config.<field> overrides that the config file does not define."""
-  specs = [m.group(1) for a in argv if (m := re.match(r"--config=(.+)", a))]
-  specs += [b for a, b in zip(argv, argv[1:]) if a == "--config"]
-  if not specs:
-    return "unknown config field in the overrides (and no --config file given)"
-  spec = specs[-1]
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_megan_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  unknown = []
-  for field in [m.group(1) for a in argv if (m := re.match(r"--config\.([\w.]+)", a))]:
-    node = config
-    for name in field.split("."):
-      if not hasattr(node, "keys") or name not in node.keys():
-        unknown.append(f"config.{field}")
-        break
-      node = node[name]
-  return (f"unknown config field {', '.join(unknown)}: not defined by {spec}; its top-level "
-          f"fields are {sorted(config.keys())}")
-
-
 def _parse(argv):
   """absl flag parsing with one-line errors for unknown config fields and unloadable configs."""
   try:
-    rest = FLAGS(argv)
+    rest, to_none = config_file.split_none_overrides(argv)
+    rest = FLAGS(rest)
+    if FLAGS.config is None:
+      _die(config_file.NO_CONFIG)
+    for field in to_none:
+      config_path.set_value(field, FLAGS.config, None)
     FLAGS.config.keys()  # raises here if the config file failed to load
     if FLAGS["verbosity"].using_default_value:  # absl would log at INFO; orbax logs every save
       FLAGS.verbosity = logging.WARNING
     return rest
   except flags.Error as e:
-    message = str(e)
-    if "Traceback (most recent call last)" in message:  # get_config raised: keep its last line
-      message = message.split("\n", 1)[0] + " " + message.strip().splitlines()[-1]
-    _die(f"{message}\nPass --helpfull to see the flags.")
-  except (AttributeError, KeyError):
-    _die(_unknown_fields_message(argv))
-  except OSError as e:
-    _die(str(e))
+    if "Error whilst parsing config file" in str(e):  # get_config raised ValueError/TypeError
+      _die(config_file.parse_error(argv, e))
+    _die(f"{' '.join(str(e).split())}; --helpfull lists the flags")
+  except Exception as e:  # pylint: disable=broad-except  # an unknown field, or a failed load
+    _die(config_file.parse_error(argv, e))
 
 
 def main(argv):
@@ -85,6 +62,10 @@ def main(argv):
   if FLAGS.mode == "config":
     print(config_doc.listing(config, FLAGS["config"].config_filename))
     return
+  try:
+    config_check.check(config)
+  except ValueError as e:
+    _die(str(e))
   if not FLAGS.workdir:
     _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
          f"results)")

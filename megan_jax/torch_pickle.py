@@ -29,6 +29,8 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from megan_jax import npz
+
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
 STORAGE_DTYPES = {
@@ -262,11 +264,17 @@ def load(path: str):
 
   Raises TorchFormatError (UnsafePickleError for a global outside the allow-list) naming `path`.
   """
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path} is a directory; give the checkpoint file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
   try:
     if zipfile.is_zipfile(path):
       obj, storages, order = _read_zip(path)
+    elif os.path.getsize(path) == 0:
+      raise TorchFormatError("the file is empty (0 bytes)")
+    elif npz.starts_like_zip(path):
+      raise TorchFormatError(npz.truncated_message("torch.save's format"))
     elif tarfile.is_tarfile(path):
       raise TorchFormatError("the tar format of PyTorch < 0.4 is not supported; load it with "
                              "that PyTorch and re-save it with torch.save(state_dict, path)")

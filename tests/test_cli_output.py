@@ -9,7 +9,7 @@ import sys
 import ml_collections
 
 import train_fakes
-from megan_jax import checkpointing, logging_utils
+from megan_jax import checkpointing, config_doc, logging_utils
 
 # The toy model's parameters, by hand: Conv_0 3x3 from 3 to 8 channels, Conv_1 3x3 from the 4
 # frames' 4 * 8 channels to the 7 frames' 7 * 3 * 16 pixel-shuffle channels, each with a bias.
@@ -57,12 +57,15 @@ def test_config_listing_has_every_field_its_value_and_its_comment():
   with open(os.path.join(train_fakes.REPO, "configs", "vimeo.py"), encoding="utf-8") as f:
     commented = re.findall(r"^\s*c\.([\w.]+) = .*?#\s*(.+)$", f.read(), re.MULTILINE)
   assert len(commented) > 40
-  descriptions = {description for _, description in rows.values()}
   for path, comment in commented:  # a parent's comment describes its fields without their own
     if path in rows:
       assert rows[path][1] == comment.strip(), path
     else:
-      assert f"part of {path}: {comment.strip()}" in descriptions, path
+      children = [rows[p][1] for p in rows if p.startswith(path + ".")]
+      assert children, path
+      assert all(d == f"part of {path}: {comment.strip()}" for d in children
+                 if d.startswith("part of ")), path
+  assert rows["val.kind"][1] == "part of val: validation set, an eval spec like eval.datasets"
 
 
 def test_help_names_the_listing_and_workdir_is_required_to_run():
@@ -102,3 +105,37 @@ def test_train_prints_summary_compile_time_and_what_it_wrote(tmp_path):
   assert sorted(named) == sorted(os.path.join(workdir, name) for name in os.listdir(workdir))
   steps = sorted(int(s) for s in os.listdir(checkpointing.checkpoint_dir(workdir)))
   assert f"(checkpoints of steps {', '.join(map(str, steps))})" in proc.stdout
+
+
+def _comment_lines(*paths) -> set:
+  """The comments on lines of their own (section headings, notes) of the files."""
+  found = set()
+  for path in paths:
+    with open(os.path.join(train_fakes.REPO, *path.split("/")), encoding="utf-8") as f:
+      found.update(m.strip() for m in re.findall(r"^\s*#(.+)$", f.read(), re.MULTILINE))
+  return found
+
+
+def test_every_field_has_its_own_description_and_none_is_a_heading():
+  sys.path.insert(0, train_fakes.REPO)
+  from configs import demo, vimeo  # pylint: disable=import-outside-toplevel
+  headings = _comment_lines("configs/vimeo.py", "configs/demo.py", "megan_jax/models/configs.py")
+  assert "LMGA (Sec. 3.3, Eq. (12)-(13))." in headings  # the headings the listing once showed
+  for config, name, whole in ((vimeo.get_config(), "configs/vimeo.py", {"val"}),
+                              (demo.get_config(), "configs/demo.py", {"val", "data.prescale"})):
+    _, *lines = config_doc.listing(config, name).splitlines()
+    rows = dict((p, d) for p, _, d in (re.split(r"\s{2,}", l, maxsplit=2) for l in lines))
+    by_text = {}
+    for path, text in rows.items():
+      assert not any(h in text for h in headings), (path, text)
+      parent = re.match(r"part of ([\w.]+): ", text)
+      # Only the keys of a ConfigDict set as a whole (an eval spec, a {clip: factor} dict) share
+      # their parent's description; every field set by its own line has its own.
+      assert (parent.group(1) if parent else path.rsplit(".", 1)[0]) in whole or not parent, path
+      by_text.setdefault(text, []).append(path)
+    for text, paths in by_text.items():
+      if not text.startswith("part of "):  # the same setting in two sections, e.g. eval/infer.tile
+        assert len({p.rsplit(".", 1)[-1] for p in paths}) == 1, (text, paths)
+    for path in ("model.scan_unroll", "model.use_lmga", "model.nlrb_blocks", "model.use_nlrb",
+                 "model.name", "model.front_convs"):
+      assert by_text[rows[path]] == [path], path

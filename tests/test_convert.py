@@ -182,3 +182,28 @@ def test_the_readme_commands_then_eval_and_infer(converted, tmp_path, capsys):
   # Windows of inputs 0-3 (all 7 outputs) and 1-4 (its last 2 outputs, the new ones).
   want = np.concatenate([predict_fn(lr[None, :4])[0], predict_fn(lr[None, 1:])[0, -2:]])
   np.testing.assert_array_equal(got, metrics.to_uint8(want))
+
+
+def test_bad_workdirs_and_files_are_one_line_before_any_work(tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  proc = subprocess.run(
+      [sys.executable, "-m", "megan_jax.convert", "--from=zsm",
+       os.path.join(FIXTURES, "zsm_small.pth"), f"--workdir={a_file / 'run'}"], cwd=REPO,
+      env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      f"megan_jax.convert: error: --workdir: {a_file / 'run'}: Not a directory; a part of the path "
+      f"is a file: choose another path"]
+  with pytest.raises(NotADirectoryError, match=re.escape(f"--workdir: {a_file} is a file")):
+    convert.convert(os.path.join(FIXTURES, "zsm_small.pth"), str(a_file))
+  (tmp_path / "empty.npz").write_bytes(b"")
+  with open(os.path.join(FIXTURES, "zsm_small_state_dict.npz"), "rb") as f:
+    (tmp_path / "cut.npz").write_bytes(f.read()[:4000])
+  (tmp_path / "folder.pth").mkdir()
+  for name, what in (("empty.npz", ValueError), ("cut.npz", ValueError),
+                     ("folder.pth", IsADirectoryError)):
+    with pytest.raises(what, match=re.escape(str(tmp_path / name))
+                       + r"(: the file is empty|: looks truncated| is a directory)"):
+      convert.convert(str(tmp_path / name), str(tmp_path / "run"))
+  assert sorted(os.listdir(tmp_path)) == ["a_file", "cut.npz", "empty.npz", "folder.pth"]

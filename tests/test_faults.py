@@ -5,7 +5,6 @@ the child process gives up the capabilities that let it (CAP_DAC_OVERRIDE, CAP_D
 and meets the folder as any user would; where that is impossible the test is skipped.
 """
 
-import ctypes
 import errno
 import glob
 import json
@@ -25,18 +24,24 @@ from PIL import Image
 import train_fakes
 from megan_jax import checkpointing, logging_utils, train
 
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+# A fresh interpreter drops root's permission override (CAP_DAC_OVERRIDE = 1, CAP_DAC_READ_SEARCH
+# = 2) from its bounding set (prctl PR_CAPBSET_DROP = 24), so that the program it then execs does
+# not get it back (without root, there is nothing to drop); exit 97 if it cannot. A preexec_fn
+# would do the same in a fork of the test process, which JAX's threads make unsafe.
+_DROP_AND_EXEC = """
+import ctypes, os, sys
+if os.geteuid() == 0:
+  libc = ctypes.CDLL(None, use_errno=True)
+  for cap in (1, 2):
+    if libc.prctl(24, cap, 0, 0, 0) != 0:
+      sys.exit(97)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
 
-def _as_a_user():
-  """preexec_fn: drops root's permission override from the bounding set, so that the exec'd
-  program does not get it back (without root, there is nothing to drop)."""
-  if os.geteuid() == 0:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-      if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-        os._exit(97)  # pylint: disable=protected-access
+def _as_a_user(cmd: list) -> list:
+  """`cmd` run as a user: started by a fresh interpreter that gives up root's override."""
+  return [sys.executable, "-c", _DROP_AND_EXEC, *cmd]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +49,8 @@ def read_only(tmp_path_factory):
   """A chmod 555 folder that a child started with `_as_a_user` cannot write (else: skip)."""
   folder = tmp_path_factory.mktemp("read_only")
   os.chmod(folder, 0o555)
-  probe = subprocess.run([sys.executable, "-c", f"open({str(folder / 'x')!r}, 'w')"],
-                         preexec_fn=_as_a_user, capture_output=True, check=False)
+  probe = subprocess.run(_as_a_user([sys.executable, "-c", f"open({str(folder / 'x')!r}, 'w')"]),
+                         capture_output=True, check=False)
   if probe.returncode == 0 or probe.returncode == 97:
     pytest.skip("cannot make a folder read-only for this user")
   yield folder
@@ -60,8 +65,8 @@ def data_root(tmp_path_factory):
 def _cli(*args, script=None, timeout=180):
   """`python -m megan_jax.main ARGS` (or the toy-model script), as a user."""
   cmd = [sys.executable] + ([script] if script else ["-m", "megan_jax.main"]) + list(args)
-  return subprocess.run(cmd, cwd=train_fakes.REPO, capture_output=True, text=True, timeout=timeout,
-                        preexec_fn=_as_a_user, check=False)
+  return subprocess.run(_as_a_user(cmd), cwd=train_fakes.REPO, capture_output=True, text=True,
+                        timeout=timeout, check=False)
 
 
 def _assert_one_line_error(proc, *patterns):
@@ -118,8 +123,8 @@ def test_checkpoints_folder_turning_read_only_stops_at_once(tmp_path, data_root)
   cmd = [sys.executable, train_fakes.__file__, "--config=configs/vimeo.py:tiny",
          f"--workdir={workdir}"] + train_fakes.overrides(data_root, num_steps=100_000,
                                                          checkpoint_every=5)
-  proc = subprocess.Popen(cmd, cwd=train_fakes.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, preexec_fn=_as_a_user)
+  proc = subprocess.Popen(_as_a_user(cmd), cwd=train_fakes.REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   ckpt = checkpointing.checkpoint_dir(str(workdir))
   deadline = time.time() + 180
   while not os.path.isdir(os.path.join(ckpt, "5")) or len(logging_utils.read_jsonl(workdir)) < 7:

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import train_fakes
-from megan_jax import checkpointing, logging_utils
+from megan_jax import checkpointing, config_file, logging_utils, pretrained
 
 
 def _main(*args, script=None, timeout=120):
@@ -81,3 +82,104 @@ def test_sigterm_saves_exits_nonzero_and_resumes(tmp_path):
   assert f"resumed from step {stopped}" in resumed.stdout
   assert checkpointing.restore_params(workdir)[1] == stopped + 2
   assert os.path.isdir(os.path.join(workdir, logging_utils.TENSORBOARD_DIR))
+
+
+def test_no_config_says_it_is_required(tmp_path):
+  proc = _main(f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "megan_jax: error: --config is required: the config file of the run, e.g. "
+      "--config=configs/vimeo.py (configs/demo.py for the CPU demo)"]
+
+
+@pytest.mark.parametrize("source, line", [
+    ("import os\ndef get_config(:\n  pass\n",
+     r"{path}, line 2: SyntaxError: invalid syntax; fix the config file"),
+    ("def get_config():\n  x = 1\n  raise RuntimeError('no GPU here')\n",
+     r"{path}, line 3: RuntimeError: no GPU here; fix the config file"),
+    ("import no_such_module_xyz\n", r"{path}, line 1: ModuleNotFoundError: No module named "
+                                    r"'no_such_module_xyz'; fix the config file"),
+    ("X = 1\n", r"{path}: {path} defines no get_config\(\); .*"),
+    (None, r"{path}: {path} does not exist; give a config file such as configs/vimeo.py"),
+])
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, source, line):
+  path = tmp_path / "my_config.py"
+  if source is not None:
+    path.write_text(source)
+  with pytest.raises(config_file.ConfigFileError) as info:
+    config_file.load(str(path))
+  assert re.fullmatch("--config=" + line.format(path=re.escape(str(path))), str(info.value)), (
+      str(info.value))
+
+
+def test_a_config_file_raising_at_load_ends_the_cli_in_one_line(tmp_path):
+  path = tmp_path / "my_config.py"
+  path.write_text("def get_config():\n  raise RuntimeError('no GPU here')\n")
+  proc = _main(f"--config={path}", f"--workdir={tmp_path / 'run'}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"megan_jax: error: --config={path}, line 2: RuntimeError: no GPU here; fix the config file"]
+  assert not os.path.exists(tmp_path / "run")
+
+
+def _listed(proc) -> dict:
+  assert proc.returncode == 0, proc.stderr
+  return dict(re.split(r"\s{2,}", line)[:2] for line in proc.stdout.splitlines()[1:])
+
+
+def test_none_on_the_command_line_is_none():
+  """The docs' --config.pretrained=None (configs/demo.py), and "None: ..." of any optional field."""
+  rows = _listed(_main("--config=configs/demo.py", "--mode=config", "--config.pretrained=None",
+                       "--config.eval.step=None", "--config.infer.fps=None",
+                       "--config.eval.tile=3", "--config.eval.tile=None",
+                       "--config.infer.step=None", "--config.infer.step=5"))
+  assert [rows[f] for f in ("pretrained", "eval.step", "infer.fps", "eval.tile", "infer.step")] == [
+      "None", "None", "None", "None", "5"]  # the last override of a field wins
+
+
+def test_documented_commands_name_real_modules_configs_and_fields():
+  """Every `python -m megan_jax.X`, --config=FILE and --config.FIELD in the README and the config
+  docstrings exists."""
+  docs = [os.path.join(train_fakes.REPO, "README.md")] + [
+      os.path.join(train_fakes.REPO, "configs", f) for f in os.listdir(
+          os.path.join(train_fakes.REPO, "configs")) if f.endswith(".py")]
+  modules, configs, fields = set(), set(), set()
+  for doc in docs:
+    with open(doc, encoding="utf-8") as f:
+      text = f.read()
+    modules.update(re.findall(r"python -m (megan_jax[\w.]*)", text))
+    configs.update(re.findall(r"--config=([\w/.]+\.py)", text))
+    fields.update(f.rstrip(".") for f in re.findall(r"--config\.([\w.]+)", text) if f != "field")
+  assert "megan_jax.convert" in modules and "configs/demo.py" in configs
+  assert "pretrained" in fields and "eval.vid4" in fields
+  sys.path.insert(0, train_fakes.REPO)
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  known = demo.get_config()  # configs/vimeo.py's fields and the demo's own
+  for field in fields:
+    node = known
+    for name in field.split("."):
+      assert name in node, f"--config.{field}"
+      node = node[name]
+  for module in modules:
+    assert os.path.isfile(os.path.join(train_fakes.REPO, *module.split(".")) + ".py"), module
+  for config in configs:
+    assert os.path.isfile(os.path.join(train_fakes.REPO, config)), config
+
+
+def test_export_to_a_folder_is_refused_before_reading(tmp_path):
+  folder = tmp_path / "exports"
+  folder.mkdir()
+  proc = _main("--mode=export", "--config=configs/vimeo.py:tiny", f"--workdir={tmp_path / 'run'}",
+               f"--config.export.output={folder}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"megan_jax: error: config.export.output: {folder} is a directory; give a file path"]
+  assert os.listdir(folder) == []
+
+
+def test_a_failed_export_write_leaves_no_temporary_file(tmp_path):
+  target = tmp_path / "taken.npz"
+  target.mkdir()  # os.replace cannot put a file over a folder
+  with pytest.raises(OSError):
+    pretrained.save(str(target), {"a": {"kernel": np.zeros(3)}}, {})
+  assert sorted(os.listdir(tmp_path)) == ["taken.npz"] and os.listdir(target) == []

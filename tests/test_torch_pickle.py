@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import tarfile
 import zipfile
 
@@ -124,3 +125,18 @@ def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
     torch_pickle.load(str(tmp_path / "old.pth"))
   with pytest.raises(FileNotFoundError, match="nothing.pth"):
     torch_pickle.load(str(tmp_path / "nothing.pth"))
+
+
+def test_cut_empty_and_folder_checkpoints_say_what_they_are(tmp_path):
+  weights, storages = state_dict({"w": np.arange(64, dtype=np.float32)})
+  data = open(write_zip(str(tmp_path / "whole.pth"), weights, storages), "rb").read()
+  (tmp_path / "cut.pth").write_bytes(data[:len(data) - 30])  # the zip's end record gone
+  with pytest.raises(torch_pickle.TorchFormatError, match=re.escape(
+      "cut.pth: looks truncated: it starts like a zip archive (torch.save's format) but its end")):
+    torch_pickle.load(str(tmp_path / "cut.pth"))
+  (tmp_path / "empty.pth").write_bytes(b"")
+  with pytest.raises(torch_pickle.TorchFormatError, match=r"empty.pth: the file is empty"):
+    torch_pickle.load(str(tmp_path / "empty.pth"))
+  (tmp_path / "run.pth").mkdir()
+  with pytest.raises(IsADirectoryError, match=r"run.pth is a directory; give the checkpoint file"):
+    torch_pickle.load(str(tmp_path / "run.pth"))

@@ -32,23 +32,23 @@ CHOICES = {
 def model_config(variant: str = "megan") -> ml_collections.ConfigDict:
   """Returns the model ConfigDict of a named variant (see `VARIANTS`)."""
   c = ml_collections.ConfigDict()
-  c.name = "megan"
+  c.name = "megan"            # the model's name in tables and summaries ("zsm" for :zsm)
   c.nf = 64                   # feature width C
   c.groups = 8                # deformable groups of every modulated deformable conv
   # Front end (Sec. 3.1): shallow conv, then m1 = `front_convs` 3x3 convs and `nlrb_blocks` NLRBs.
-  c.front_convs = 3
+  c.front_convs = 3           # m1: 3x3 convs of the front end after the shallow conv
   c.front_rbs = 0             # residual blocks in the front end (ZSM uses 5, MEGAN none)
   c.front_order = "nlrb_first"  # shallow conv -> NLRBs -> m1 convs (Sec. 3.1's order) | "convs_first"
-  c.use_nlrb = True
-  c.nlrb_blocks = 2
+  c.use_nlrb = True           # non-local residual blocks in the front end (False: Table 2 ablation)
+  c.nlrb_blocks = 2           # NLRBs in the front end (Eq. (1)-(3))
   c.nlrb_embed = 32           # channels of the u, v, g embeddings
   c.nlrb_scope = "spacetime"  # attention over the whole clip (PFNL) | "frame": within each frame
   c.nlrb_block = 2            # space-to-depth block size r before the attention (2 in PFNL)
   c.nlrb_chunk = 1024         # query positions per attention chunk on the memory-linear path
   # Bidirectional deformable ConvLSTM (Sec. 3.3, Eq. (7)-(11)).
-  c.scan_unroll = 1
+  c.scan_unroll = 1           # ConvLSTM time steps per loop iteration of the scan (speed only)
   # LMGA (Sec. 3.3, Eq. (12)-(13)).
-  c.use_lmga = True
+  c.use_lmga = True           # LMGA after the ConvLSTM (False: Table 2 ablation)
   c.lmga_tau = 4              # global-pool size tau
   c.lmga_layers = 2           # graph-conv layers K
   c.lmga_pool = "clip"        # one pool per clip from {1..2n+1} (Sec. 3.3) | "others": per key, without it
@@ -57,7 +57,7 @@ def model_config(variant: str = "megan") -> ml_collections.ConfigDict:
   c.lmga_self_loops = False   # |E| = |V|(phi - 1): no edge from a node to itself
   c.lmga_output = "refine"    # refine(key node) (Sec. 3.3) | "concat": refine([F_t, key]) | "residual"
   # Reconstruction (Sec. 3.4).
-  c.use_pfrdb = True
+  c.use_pfrdb = True          # progressive fusion residual dense blocks in the reconstruction
   c.pfrdb_blocks = 5          # m2
   c.pfrdb_slope = 0.2         # LeakyReLU slope inside the PFRDBs (PFNL's tf.nn.leaky_relu default)
   c.back_rbs = 20             # m3

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from megan_jax import checkpointing, progress
+from megan_jax import checkpointing, npz, paths, progress
 
 PACKAGED = {"demo_small": "demo_small.npz"}
 META_KEY = "__meta__"
@@ -30,7 +30,7 @@ def resolve(name: str) -> str:
   if name in PACKAGED:
     return str(importlib.resources.files(__package__) / PACKAGED[name])
   if name.endswith(".npz"):
-    if not os.path.isfile(name):
+    if not os.path.exists(name):
       raise FileNotFoundError(f"config.pretrained: {name} does not exist")
     return name
   raise ValueError(f"config.pretrained: {name!r} is neither a packaged parameter set "
@@ -46,11 +46,18 @@ def load(name: str) -> tuple[dict, dict]:
   """(params, meta) of a packaged set or an exported `.npz`."""
   path = resolve(name)
   try:
-    with np.load(path, allow_pickle=False) as f:
-      meta = json.loads(str(f[META_KEY])) if META_KEY in f.files else {}
-      flat = {tuple(k.split("/")): f[k] for k in f.files if k != META_KEY}
-  except (OSError, ValueError, KeyError) as e:
-    raise ValueError(f"config.pretrained: {path} is not a parameter file ({e})") from e
+    arrays = npz.read(path)
+  except npz.NpzError as e:
+    raise ValueError(f"config.pretrained: {path} is not a parameter file ({e.reason}); write one "
+                     f"with --mode=export") from e
+  except OSError as e:  # a directory named .npz
+    raise type(e)(f"config.pretrained: {e}") from e
+  try:
+    meta = json.loads(str(arrays.pop(META_KEY))) if META_KEY in arrays else {}
+  except ValueError as e:
+    raise ValueError(f"config.pretrained: {path}: its {META_KEY} is not JSON ({e}); it is not a "
+                     f"parameter file written by --mode=export") from e
+  flat = {tuple(k.split("/")): v for k, v in arrays.items()}
   if not flat:
     raise ValueError(f"config.pretrained: {path} holds no parameters")
   return traverse_util.unflatten_dict(flat), meta
@@ -62,8 +69,12 @@ def save(path: str, params: Any, meta: dict) -> None:
   meta = {**meta, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, **flat, **{META_KEY: np.asarray(json.dumps(meta))})
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, **flat, **{META_KEY: np.asarray(json.dumps(meta))})
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # a failed write leaves nothing behind
+      os.remove(tmp)
 
 
 def start_workdir(config, workdir: str) -> None:
@@ -81,6 +92,10 @@ def export(config, workdir: str, config_file: str) -> str:
   """Writes the parameters of checkpoint `config.export.step` (default: the latest) of `workdir` to
   `config.export.output` (default WORKDIR/params.npz); returns that path."""
   output = config.export.output or os.path.join(workdir, "params.npz")
+  if not output.endswith(".npz") and not os.path.isdir(output):  # a folder: writable_file says so
+    raise ValueError(f"config.export.output: {output} does not end in .npz; give a .npz file path "
+                     f"(config.pretrained reads .npz files)")
+  output = paths.writable_file(output, "config.export.output")
   params, step = checkpointing.restore_params(workdir, config.export.step)
   save(output, params, {"steps": int(step), "workdir": os.path.abspath(workdir),
                         "config_file": config_file, "model": config.model.to_dict()})
