@@ -49,7 +49,7 @@ def tree_hash(tree) -> str:
 
 
 def json_hash(obj) -> str:
-  """16 hex digits of SHA-256 of `obj` as canonical JSON (sorted keys): a config, an iterator state."""
+  """16 hex digits of SHA-256 of `obj` as canonical JSON (sorted keys): a config, a data state."""
   text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
 
@@ -57,9 +57,9 @@ def json_hash(obj) -> str:
 def state_fingerprints(state: Any, data_state: Any = None) -> dict[str, str]:
   """{"params", "opt_state"[, "data"]}: hashes of a train state (or of {"params": ...}) and of the
   grain iterator state `data_state` (the position in the data, a small dict)."""
-  get = lambda name: state[name] if isinstance(state, dict) else getattr(state, name)
-  names = ["params"] + ([] if isinstance(state, dict) and "opt_state" not in state else ["opt_state"])
-  prints = {name: tree_hash(get(name)) for name in names}
+  parts = state if isinstance(state, dict) else {"params": state.params,
+                                                 "opt_state": state.opt_state}
+  prints = {name: tree_hash(parts[name]) for name in ("params", "opt_state") if name in parts}
   if data_state is not None:
     prints["data"] = json_hash(data_state)
   return prints
