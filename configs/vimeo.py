@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   lr_root = placeholder(str)
   vimeo_test = lambda subset, **extra: eval_spec(
       f"Vimeo-{subset.capitalize()}", "vimeo", root.identity(), subset, lr_root.identity(), **extra)
-  c.seed = 0                         # parameters, LMGA's random pooling and the data order
+  c.seed = 0                         # every random stream, unless config.seeds sets its own
   c.seeds = ml_collections.ConfigDict()  # one stream each, for studies; None: config.seed
   c.seeds.params = placeholder(int)  # initial parameters; None: config.seed
   c.seeds.data = placeholder(int)    # data order, crops and augmentation; None: config.seed
