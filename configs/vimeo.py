@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   vimeo_test = lambda subset, **extra: eval_spec(
       f"Vimeo-{subset.capitalize()}", "vimeo", root.identity(), subset, lr_root.identity(), **extra)
   c.seed = 0                         # every random stream, unless config.seeds sets its own
-  c.seeds = ml_collections.ConfigDict()  # one stream each, for studies; None: config.seed
+  c.seeds = ml_collections.ConfigDict()
   c.seeds.params = placeholder(int)  # initial parameters; None: config.seed
   c.seeds.data = placeholder(int)    # data order, crops and augmentation; None: config.seed
   c.seeds.lmga = placeholder(int)    # LMGA's random global pools in training; None: config.seed
