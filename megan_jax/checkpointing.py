@@ -28,10 +28,11 @@ and the parameters whose shapes differ.
 Each save stores the fingerprints of what it saved (`fingerprint.state_fingerprints`: hashes of
 the exact bytes of the parameters and optimiser state, and of the data iterator state) in the
 step's orbax custom metadata (`CheckpointManager.save(..., custom_metadata=...)`, read back by
-`CheckpointManager.metadata(step).custom_metadata`). A restore recomputes them: a checkpoint whose
-bytes changed on disk (a flipped bit that the file format does not notice) or that holds NaN/Inf
-counts as unreadable and is skipped like a truncated one. Checkpoints saved before fingerprints
-existed are checked for NaN/Inf only.
+`CheckpointManager.metadata(step).custom_metadata`; orbax 0.12's "metadata varying by step",
+https://orbax.readthedocs.io/en/stable/api_reference/checkpoint.checkpoint_manager.html). A
+restore recomputes them: a checkpoint whose bytes changed on disk (a flipped bit that the file
+format does not notice) or that holds NaN/Inf counts as unreadable and is skipped like a truncated
+one. Checkpoints saved before fingerprints existed are checked for NaN/Inf only.
 """
 
 import json

@@ -123,7 +123,8 @@ def _diff(a: dict, b: dict) -> dict[str, str]:
   """{key: "value_a vs value_b"} of the flattened keys whose values differ (a key one side lacks
   counts as None: a config field added since, unset)."""
   a, b = _flat(a), _flat(b)
-  return {k: f"{a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+  return {k: f"{a.get(k)!r} vs {b.get(k)!r}"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def _listed(diff: dict[str, str]) -> str:
