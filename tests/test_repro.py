@@ -97,7 +97,7 @@ def _flip_byte_in_largest_array_file(step_dir: str) -> None:
     f.seek(os.path.getsize(big) // 2)
     byte = f.read(1)[0]
     f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte ^ 0x40]))
+    f.write(bytes([byte ^ 0x01]))  # a float32's lowest mantissa or exponent bit: stays finite
 
 
 def test_flipped_byte_in_a_checkpoint_falls_back(runs, data_root, tmp_path, caplog):
