@@ -37,7 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   lr_root = placeholder(str)
   vimeo_test = lambda subset, **extra: eval_spec(
       f"Vimeo-{subset.capitalize()}", "vimeo", root.identity(), subset, lr_root.identity(), **extra)
-  c.seed = 0                         # parameters, LMGA's random pooling and the data order
+  c.seed = 0                         # every random stream, unless config.seeds sets its own
+  c.seeds = ml_collections.ConfigDict()
+  c.seeds.params = placeholder(int)  # initial parameters; None: config.seed
+  c.seeds.data = placeholder(int)    # data order, crops and augmentation; None: config.seed
+  c.seeds.lmga = placeholder(int)    # LMGA's random global pools in training; None: config.seed
   c.model = model_config(arg or "megan")  # the network: megan_jax/models/configs.py
 
   c.data = ml_collections.ConfigDict()
@@ -108,6 +112,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.infer.dtype = placeholder(str)   # e.g. "bfloat16"; None: as trained
   c.infer.fps = placeholder(float)   # source frame rate; None: the video's (30 for frame folders)
   c.infer.progress = True            # a progress bar on stderr
+
+  c.compare = ml_collections.ConfigDict()
+  c.compare.other = placeholder(str)  # --mode=compare: the run folder to compare --workdir with
+  c.compare.step = placeholder(int)   # checkpoint whose parameters are diffed; None: latest in both
 
   c.deterministic = False            # XLA deterministic ops (GPU only; the CPU always is)
   c.compilation_cache_dir = placeholder(str)  # JAX's persistent compilation cache; None: off

@@ -24,6 +24,15 @@ never waits on orbax's 300 s timeout (the folder is checked before each save); a
 checkpoint (truncated, half-deleted) is skipped with a warning naming its step, in favour of the
 newest readable one; a checkpoint of another architecture raises a ValueError naming the workdir
 and the parameters whose shapes differ.
+
+Each save stores the fingerprints of what it saved (`fingerprint.state_fingerprints`: hashes of
+the exact bytes of the parameters and optimiser state, and of the data iterator state) in the
+step's orbax custom metadata (`CheckpointManager.save(..., custom_metadata=...)`, read back by
+`CheckpointManager.metadata(step).custom_metadata`; orbax 0.12's "metadata varying by step",
+https://orbax.readthedocs.io/en/stable/api_reference/checkpoint.checkpoint_manager.html). A
+restore recomputes them: a checkpoint whose bytes changed on disk (a flipped bit that the file
+format does not notice) or that holds NaN/Inf counts as unreadable and is skipped like a truncated
+one. Checkpoints saved before fingerprints existed are checked for NaN/Inf only.
 """
 
 import json
@@ -39,9 +48,10 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from megan_jax import paths
+from megan_jax import fingerprint, paths
 
 BEST_METRIC = "val_psnr_y"
+FINGERPRINTS = "fingerprints"  # the key of the fingerprints in a step's custom metadata
 UNREADABLE_DIR = "unreadable_checkpoints"  # in the workdir: where resuming moves unreadable ones
 _REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
             "Permission denied")
@@ -133,19 +143,44 @@ def _save_error(manager: ocp.CheckpointManager, exc: BaseException) -> Checkpoin
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
-         metrics: dict[str, float] | None = None) -> None:
-  """Saves `state` and the grain iterator position after `step` training steps.
+         metrics: dict[str, float] | None = None) -> dict[str, str]:
+  """Saves `state` and the grain iterator position after `step` training steps, with their
+  fingerprints; returns the fingerprints ({"params", "opt_state", "data"}: 16 hex digits each).
 
   Raises CheckpointError when this save cannot start or an earlier asynchronous one failed.
   """
+  prints = fingerprint.state_fingerprints(state, data_iter.get_state())
   try:
     paths.writable_dir(str(manager.directory), "checkpoints")
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iter)),
-        metrics=metrics, force=True)
+        metrics=metrics, force=True, custom_metadata={FINGERPRINTS: prints})
   except Exception as e:  # pylint: disable=broad-except
     raise _save_error(manager, e) from e
+  return prints
+
+
+def saved_fingerprints(manager: ocp.CheckpointManager, step: int) -> dict[str, str]:
+  """The fingerprints saved with checkpoint `step` ({} for a checkpoint saved without them)."""
+  return dict((manager.metadata(step).custom_metadata or {}).get(FINGERPRINTS) or {})
+
+
+def _verified(manager, step: int, state, data_iter=None):
+  """`state` (restored from checkpoint `step`) after checking it against the saved fingerprints;
+  raises fingerprint.CorruptCheckpointError on a mismatch or NaN/Inf."""
+  prints = saved_fingerprints(manager, step)
+  for name in ("params", "opt_state"):
+    part = state.get(name) if isinstance(state, Mapping) else getattr(state, name, None)
+    if part is not None:
+      fingerprint.verify(part, prints.get(name), f"the {name} of step {step}")
+  # the saved "data" print is process 0's iterator state: the other processes' states differ
+  if data_iter is not None and "data" in prints and jax.process_count() == 1 and (
+      got := fingerprint.json_hash(data_iter.get_state())) != prints["data"]:
+    raise fingerprint.CorruptCheckpointError(
+        f"the data iterator state of step {step}: checksum {got} differs from the "
+        f"{prints['data']} saved with it")
+  return state
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -270,11 +305,11 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
       fields = _changed_model_fields(workdir, model_config) if model_config is not None else ""
       raise ArchitectureError(f"{e}{fields}") from e
     if "opt_state" not in saved:
-      return manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore({"params": params})))["state"], True
-    return manager.restore(step, args=ocp.args.Composite(
+      return _verified(manager, step, manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore({"params": params})))["state"]), True
+    return _verified(manager, step, manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))["state"], False
+        data=grain.checkpoint.CheckpointRestore(data_iter)))["state"], data_iter), False
 
   steps = list(manager.all_steps())
   if not steps:
@@ -311,7 +346,8 @@ def save_params(workdir: str, params: Any) -> str:
       raise ValueError(f"workdir {workdir!r} already holds checkpoints (steps "
                        f"{list(manager.all_steps())}); choose a new --workdir")
     manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})),
-                 force=True)
+                 force=True, custom_metadata={
+                     FINGERPRINTS: fingerprint.state_fingerprints({"params": params})})
     manager.wait_until_finished()
   finally:
     manager.close()
@@ -352,8 +388,8 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
 
   def read(s, tree):
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-    return manager.restore(s, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))["state"]["params"]
+    state = manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return _verified(manager, s, {"params": state["state"]["params"]})["params"]
 
   params, step, failed = _newest_readable(
       manager, read, [step] if step is not None else list(manager.all_steps()))

@@ -66,6 +66,7 @@ TILE = Range(4, optional=True, multiple=_model_multiple, note="None: whole frame
 
 RULES: dict[str, Range] = {
     "seed": COUNT,
+    "seeds.*": Range(0, optional=True, note="None: config.seed"),
     "data.crop": Range(4, multiple=_model_multiple),
     "data.num_input_frames": Range(2, note="n+1 LR inputs, the model outputs 2n+1 frames"),
     "data.workers": Range(0, note="0: in the main process"),
@@ -92,6 +93,7 @@ RULES: dict[str, Range] = {
     "eval.tile": TILE,
     "eval.tile_overlap": Range(0, _tile_high("eval"), multiple=FOUR),
     "export.step": STEP,
+    "compare.step": Range(0, optional=True, note="None: the latest in both runs"),
     "infer.step": STEP,
     "infer.tile": TILE,
     "infer.tile_overlap": Range(0, _tile_high("infer"), multiple=FOUR),

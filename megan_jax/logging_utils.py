@@ -39,6 +39,7 @@ class MetricWriter:
     if resume_step is not None and os.path.exists(path):
       _truncate_jsonl(path, resume_step)
     self._jsonl = open(path, "a", encoding="utf-8")
+    self._last = None  # (step, offset, record) of the last line written
     self._tb = tensorboardX.SummaryWriter(
         os.path.join(workdir, TENSORBOARD_DIR),
         purge_step=None if resume_step is None else resume_step + 1)
@@ -48,11 +49,29 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
-    self._jsonl.flush()
+    self._write_line(int(step), self._jsonl.tell(), {"step": int(step), "time": time.time(),
+                                                     **scalars})
     for key, value in scalars.items():
       self._tb.add_scalar(key, value, global_step=int(step))
     self._tb.flush()
+
+  def write_fields(self, step: int, fields: dict) -> None:
+    """Adds JSON `fields` (strings, dicts: not TensorBoard scalars) to metrics.jsonl's record of
+    `step`: merged into the last line when that is `step`'s record, else a line of its own."""
+    if not self.enabled:
+      return
+    if self._last is not None and self._last[0] == int(step):
+      _, offset, record = self._last
+      self._jsonl.seek(offset)
+      self._jsonl.truncate()
+    else:
+      offset, record = self._jsonl.tell(), {"step": int(step), "time": time.time()}
+    self._write_line(int(step), offset, {**record, **fields})
+
+  def _write_line(self, step: int, offset: int, record: dict) -> None:
+    self._last = (step, offset, record)
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
 
   def write_image(self, step: int, tag: str, image) -> None:
     """One TensorBoard image, uint8 (H, W, 3)."""

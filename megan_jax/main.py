@@ -2,7 +2,7 @@ r"""Train, evaluate or upscale: python -m megan_jax.main --config=configs/vimeo.
 [--mode=train|eval|infer|export] [--config.field=value ...]. Training resumes from DIR's checkpoint;
 an empty DIR starts from config.pretrained when set. --mode=export writes DIR's parameters to a
 .npz (config.export.output). --mode=config lists every config field with its value and a
-description (no --workdir needed)."""
+description (no --workdir needed). --mode=compare compares two runs (README, "Reproducibility")."""
 
 import os
 import sys
@@ -19,8 +19,10 @@ from megan_jax import config_check, config_doc, config_file
 
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results (required "
                     "except with --mode=config).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "export", "config"],
-                  "What to run; `export` writes the workdir's parameters to a .npz "
+flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "export", "config", "compare"],
+                  "What to run; `compare` compares --workdir with the run folder "
+                  "config.compare.other (exit 0: identical, 1: not); "
+                  "`export` writes the workdir's parameters to a .npz "
                   "(config.export.output) that config.pretrained can name; `config` lists the "
                   "config fields (--config.<field>=value), their values and descriptions, and exits.")
 config_flags.DEFINE_config_file(
@@ -76,6 +78,9 @@ def main(argv):
     if FLAGS.mode == "export":
       pretrained.export(config, FLAGS.workdir, FLAGS["config"].config_filename)
       return
+    if FLAGS.mode == "compare":
+      from megan_jax import repro  # pylint: disable=import-outside-toplevel
+      sys.exit(repro.compare_main(config, FLAGS.workdir))
     plan = infer.preflight(config, FLAGS.workdir) if FLAGS.mode == "infer" else None  # inputs first
     pretrained.start_workdir(config, FLAGS.workdir)
     if FLAGS.mode == "train":

@@ -3,9 +3,10 @@
 The same code runs on one CPU, several devices and several hosts: the global batch is sharded over
 the "data" axis of a mesh of all devices, the train state is replicated, and each process feeds its
 own shard of the batch (`jax.make_array_from_process_local_data`). A run is a pure function of its
-config: parameters, LMGA's random pooling and the data order all derive from `config.seed`, and the
-per-step key is `fold_in(key, step)`, so a run stopped and resumed from its checkpoint (which holds
-the grain iterator position too) ends bit-identical to an uninterrupted one on the CPU.
+config: parameters, LMGA's random pooling and the data order all derive from `config.seed` (or
+`config.seeds`, one stream each: megan_jax/repro.py), and the per-step key is `fold_in(key, step)`,
+so a run stopped and resumed from its checkpoint (which holds the grain iterator position too)
+ends bit-identical to an uninterrupted one on the CPU.
 """
 
 import math
@@ -27,9 +28,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from megan_jax import checkpointing, evaluate, logging_utils, paths, predict, progress, report
+from megan_jax import repro
 from megan_jax.data.pipeline import make_train_iter, open_eval_dataset
 from megan_jax.losses import charbonnier
 from megan_jax.models import build_model
+from megan_jax.repro import rng_streams
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 
@@ -125,12 +128,6 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_eps: float):
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
-
-
-def rng_streams(seed: int) -> dict[str, np.ndarray]:
-  """The named random streams of a run, as uint32 key data (2,); the data order uses `seed` itself."""
-  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {name: np.asarray(k) for name, k in zip(("params", "lmga_init", "lmga"), keys)}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -247,7 +244,8 @@ class _Validator:
 
 
 def _make_data_iter(config, per_process_batch: int):
-  return make_train_iter(config.data, batch_size=per_process_batch, seed=config.seed,
+  return make_train_iter(config.data, batch_size=per_process_batch,
+                         seed=repro.stream_seed(config.seed, config.seeds, "data"),
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          workers=config.data.workers)
 
@@ -272,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   model = build_model(config.model) if model is None else model
   tx, schedule = make_optimizer(config)
-  streams = {k: to_global(v, replicated) for k, v in rng_streams(config.seed).items()}
+  streams = {k: to_global(v, replicated) for k, v in rng_streams(config.seed, config.seeds).items()}
   n_in, crop = config.data.num_input_frames, config.data.crop
 
   def init_fn(params_key, lmga_key):
@@ -326,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     with _StopFlag() as stop:
       batch = next_batch() if start < config.num_steps else None
+      repro.write_manifest(workdir, config, start, state.params, batch)
       for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
         if bar is None:  # the first step compiles: rates and ETAs count from its end
           with progress.compiling("the train step"):
@@ -360,8 +359,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
           if window is not None:
             _check_finite(_host_scalars(window), step, last_good, workdir)
-          checkpointing.save(manager, step, state, data_iter,
-                             metrics={checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
+          prints = checkpointing.save(manager, step, state, data_iter, metrics={
+              checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
+          writer.write_fields(step, {"fingerprints": prints})
           last_good = step
         if stopping:
           checkpointing.wait(manager)
