@@ -3,10 +3,14 @@
 TensorBoard files are written with tensorboardX (protobuf only, no TensorFlow or PyTorch import),
 because clu.metric_writers imports TensorFlow. Only process 0 writes; the other processes get a
 writer whose methods do nothing, so callers need no `if jax.process_index() == 0`.
+
+A log is never discarded: a run that starts from step 0 in a workdir holding the logs of an
+earlier run (whose checkpoints were deleted) moves them to WORKDIR/earlier_run (.1, .2, ...) first.
 """
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -14,11 +18,12 @@ import numpy as np
 import tensorboardX
 from clu import parameter_overview
 
-from megan_jax import checkpointing
+from megan_jax import checkpointing, run_config
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 PARAMETERS_NAME = "parameters.txt"
+EARLIER_RUN_DIR = "earlier_run"
 
 
 class MetricWriter:
@@ -83,13 +88,40 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
   os.replace(tmp, path)
 
 
-def read_jsonl(workdir: str) -> list[dict]:
+def set_aside_earlier_run(workdir: str) -> str | None:
+  """Moves the logs and configs of an earlier run (metrics.jsonl with records, TensorBoard events,
+  config*.json, parameters.txt) to a free WORKDIR/earlier_run*; returns a note, or None when there
+  is no such log. Called by a run starting at step 0, which would otherwise truncate them."""
+  records = read_jsonl(workdir, strict=False)
+  if not records:
+    return None
+  names = [JSONL_NAME, TENSORBOARD_DIR, PARAMETERS_NAME] + [
+      os.path.basename(p) for p in run_config.config_paths(workdir)]
+  names = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  dest = checkpointing.free_name(os.path.join(os.path.abspath(workdir), EARLIER_RUN_DIR))
+  os.makedirs(dest)
+  for name in names:
+    shutil.move(os.path.join(workdir, name), os.path.join(dest, name))
+  steps = [r.get("step", 0) for r in records]
+  return (f"{os.path.join(workdir, JSONL_NAME)} logs steps {min(steps)}-{max(steps)} of an earlier "
+          f"run, but {checkpointing.checkpoint_dir(workdir)} holds no checkpoint of it: moved "
+          f"{', '.join(names)} to {dest}; this run starts from step 0")
+
+
+def read_jsonl(workdir: str, strict: bool = True) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, in order (empty when there is none)."""
   path = os.path.join(workdir, JSONL_NAME)
   if not os.path.exists(path):
     return []
+  records = []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        if strict:
+          raise
+  return records
 
 
 def run_summary(params, workdir: str, config) -> str:
@@ -127,5 +159,8 @@ def written(workdir: str, steps) -> list[tuple[str, str]]:
            f"{', '.join(map(str, steps))}"),
           (os.path.join(workdir, JSONL_NAME), "training log, one JSON record per logged step"),
           (os.path.join(workdir, TENSORBOARD_DIR), "the same log as TensorBoard events"),
-          (os.path.join(workdir, "config.json"), "the config of the run"),
-          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")]
+          *[(path, "the config of the run" if i == 0 else "the config of a resume, where it changed")
+            for i, path in enumerate(run_config.config_paths(workdir))],
+          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")] + [
+              (os.path.join(workdir, name), "the logs of an earlier run whose checkpoints are gone")
+              for name in sorted(os.listdir(workdir)) if name.startswith(EARLIER_RUN_DIR)]

@@ -95,7 +95,8 @@ def main(argv):
     if FLAGS.mode == "export":
       pretrained.export(config, FLAGS.workdir, FLAGS["config"].config_filename)
       return
-    pretrained.start_workdir(config, FLAGS.workdir)
+    if FLAGS.mode != "train":  # training starts from it itself, checked against its model
+      pretrained.start_workdir(config, FLAGS.workdir)
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "eval":

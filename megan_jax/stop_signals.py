@@ -1,0 +1,113 @@
+"""SIGTERM, SIGHUP and SIGINT (Ctrl-C) during training: save and stop, or stop at once.
+
+A scheduler's SIGTERM, a closed terminal's SIGHUP and a first Ctrl-C are recorded by `StopSignals`;
+the training loop saves a checkpoint at the end of the step and raises `Interrupted` (exit status
+128 + the signal's number). Two cases cannot wait for the loop, because Python runs a signal
+handler only between bytecodes and XLA compiles (minutes on a CPU) in C++:
+- before the first step has finished (restoring, compiling) there is nothing to save: the run stops
+  at once;
+- a second signal aborts at once, without saving the current step (the checkpoints on disk are
+  intact: orbax writes a save to a temporary folder that only a finished save renames).
+Both are noticed by a thread woken through `signal.set_wakeup_fd` (the C-level handler writes the
+signal's number to a pipe even while the main thread is inside XLA), which prints one line and
+ends the process with `os._exit`.
+"""
+
+import os
+import signal
+import sys
+import threading
+
+from absl import logging
+
+from megan_jax import checkpointing, workdir_lock
+
+SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class Interrupted(RuntimeError):
+  """SIGTERM/SIGHUP/SIGINT arrived: a checkpoint was saved; rerunning the command resumes."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+def _name(signum: int) -> str:
+  return signal.Signals(signum).name
+
+
+class StopSignals:
+  """Context manager: `signum` is the first stop signal received (None before); call `started()`
+  once the first step has finished. Does nothing outside the main thread."""
+
+  def __init__(self, checkpoint_dir: str):
+    self.signum = None
+    self._checkpoint_dir = checkpoint_dir
+    self._lock = threading.Lock()
+    self._started = False
+    self._count = 0
+    self._previous = {}
+    self._pipe = None
+    self._previous_fd = None
+    self._thread = None
+
+  def started(self) -> None:
+    """From now on a first signal waits for the end of the step (there is something to save)."""
+    with self._lock:
+      self._started = True
+
+  def _handle(self, signum, frame):  # the main thread, between bytecodes
+    del frame
+    if self.signum is None and self._started:  # before that, the watcher has ended the process
+      self.signum = signum
+      again = "Ctrl-C" if signum == signal.SIGINT else _name(signum)
+      logging.warning("received %s: saving a checkpoint at the end of this step (%s again stops "
+                      "at once without saving it)", _name(signum), again)
+
+  def _exit_now(self, line: str, signum: int) -> None:
+    workdir_lock.release_all()
+    os.write(sys.stderr.fileno(), f"megan_jax: error: {line}\n".encode())
+    os._exit(128 + signum)  # pylint: disable=protected-access
+
+  def _on_signal(self, signum: int) -> None:  # the watcher thread
+    with self._lock:
+      self._count += 1
+      if not self._started:
+        self._exit_now(f"stopped by {_name(signum)} before the first training step finished: "
+                       f"nothing to save; rerun the same command to start", signum)
+      if self._count >= 2:
+        steps = checkpointing.saved_steps(self._checkpoint_dir)
+        kept = (f"the checkpoints in {self._checkpoint_dir} (steps {steps}) are intact; rerun the "
+                f"same command to resume from step {steps[-1]}" if steps else
+                "no checkpoint was saved; rerun the same command to start again")
+        self._exit_now(f"aborted by a second {_name(signum)} without saving this step; {kept}",
+                       signum)
+
+  def _watch(self, read_fd: int) -> None:
+    while data := os.read(read_fd, 64):
+      for signum in data:
+        if signum in SIGNALS:
+          self._on_signal(signum)
+
+  def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    self._pipe = os.pipe()
+    os.set_blocking(self._pipe[1], False)
+    self._thread = threading.Thread(target=self._watch, args=(self._pipe[0],), daemon=True,
+                                    name="megan_jax stop signals")
+    self._thread.start()
+    self._previous_fd = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+    for s in SIGNALS:
+      self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._previous_fd)
+      os.close(self._pipe[1])  # the watcher reads the end of the pipe and returns
+      self._thread.join()
+      os.close(self._pipe[0])
