@@ -83,19 +83,29 @@ _SAVE_FAILED = threading.Event()  # set once a save failed: its aborted writes r
 
 
 class _QuietAbortedWrites(logging.Filter):
-  """After a failed save, drops asyncio's reports of the aborted writes' exceptions."""
+  """Drops asyncio's reports of the exceptions of aborted checkpoint writes (after a failed save,
+  or a disk-full or permission error, which the failed save reports)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (_SAVE_FAILED.is_set() and "exception was never retrieved" in record.getMessage())
+    if "exception was never retrieved" not in record.getMessage():
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_SAVE_FAILED.is_set() or (exc is not None and _reason(exc) in _REASONS))
 
 
 def _quiet_unraisable(previous):
-  """sys.unraisablehook that, after a failed save, drops the "Event loop is closed" of writes
-  finishing after orbax closed their event loop."""
+  """sys.unraisablehook that drops the "Event loop is closed" of a write's completion callback
+  arriving after orbax closed the write's event loop (an aborted save: its failure is reported
+  by the save itself)."""
 
   def hook(unraisable):
-    if not (_SAVE_FAILED.is_set() and isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    late = (isinstance(unraisable.exc_value, RuntimeError) and tb is not None
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and f"asyncio{os.sep}base_events.py" in tb.tb_frame.f_code.co_filename)
+    if not late:
       previous(unraisable)
 
   return hook
