@@ -10,9 +10,10 @@ handler only between bytecodes and XLA compiles (minutes on a CPU) in C++:
   intact: orbax writes a save to a temporary folder that only a finished save renames).
 Both are noticed by a thread woken through `signal.set_wakeup_fd` (the C-level handler writes the
 signal's number to a pipe even while the main thread is inside XLA), which prints one line and
-ends the process with `os._exit`.
+ends the process with `os._exit` (after killing its data-loading worker processes).
 """
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -23,6 +24,10 @@ from absl import logging
 from megan_jax import checkpointing, workdir_lock
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# multiprocessing's resource tracker (a child interpreter started with our -W options) frees the
+# workers' shared memory after `os._exit`; its "There appear to be N leaked ..." lines would
+# follow the one line that says what happened.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
 class Interrupted(RuntimeError):
@@ -66,8 +71,10 @@ class StopSignals:
                       "at once without saving it)", _name(signum), again)
 
   def _exit_now(self, line: str, signum: int) -> None:
+    for child in multiprocessing.active_children():  # grain's workers: os._exit leaves them
+      child.kill()
     workdir_lock.release_all()
-    os.write(sys.stderr.fileno(), f"megan_jax: error: {line}\n".encode())
+    os.write(2, f"megan_jax: error: {line}\n".encode())
     os._exit(128 + signum)  # pylint: disable=protected-access
 
   def _on_signal(self, signum: int) -> None:  # the watcher thread
@@ -93,6 +100,8 @@ class StopSignals:
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
       return self
+    if _QUIET_TRACKER not in sys.warnoptions:
+      sys.warnoptions.append(_QUIET_TRACKER)
     self._pipe = os.pipe()
     os.set_blocking(self._pipe[1], False)
     self._thread = threading.Thread(target=self._watch, args=(self._pipe[0],), daemon=True,

@@ -64,12 +64,23 @@ def _one_line_end(proc, timeout: float = 60) -> tuple[str, str]:
   return err, err.strip().splitlines()[-1]
 
 
+def _running(pid: str) -> bool:
+  """Whether process `pid` exists and is not a zombie (an orphan waits for its reaper)."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
 def test_sigterm_before_the_first_step_stops_at_once(data_root, tmp_path):
   workdir = str(tmp_path / "run")
-  proc = _start(data_root, workdir, first=300, later=0)
+  proc = _start(data_root, workdir, first=300, later=0, data__workers=2)
   for line in proc.stdout:  # the first step, compile included, is under way
     if line.startswith("compiling the train step"):
       break
+  workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True,
+                           check=False).stdout.split()
   sent = time.time()
   proc.send_signal(signal.SIGTERM)
   err, last = _one_line_end(proc)
@@ -77,7 +88,9 @@ def test_sigterm_before_the_first_step_stops_at_once(data_root, tmp_path):
   assert proc.returncode == 128 + signal.SIGTERM
   assert last == ("megan_jax: error: stopped by SIGTERM before the first training step finished: "
                   "nothing to save; rerun the same command to start")
-  assert "saving a checkpoint" not in err
+  assert "saving a checkpoint" not in err and "leaked" not in err
+  time.sleep(1)
+  assert workers and not [w for w in workers if _running(w)]  # none left behind
   assert checkpointing.saved_steps(checkpointing.checkpoint_dir(workdir)) == []
   assert workdir_lock.LOCK_NAME not in os.listdir(workdir)
 
