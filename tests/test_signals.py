@@ -83,14 +83,22 @@ def test_sigterm_before_the_first_step_stops_at_once(data_root, tmp_path):
                            check=False).stdout.split()
   sent = time.time()
   proc.send_signal(signal.SIGTERM)
-  err, last = _one_line_end(proc)
-  assert time.time() - sent < 30  # not after the 300 s first step
+  try:
+    err, last = _one_line_end(proc)
+    ended = time.time()
+    time.sleep(1)
+    left = [w for w in workers if _running(w)]
+  finally:  # a failing run must not leave its workers running
+    proc.kill()
+    for w in workers:
+      if _running(w):
+        os.kill(int(w), signal.SIGKILL)
+  assert workers and not left  # the data workers ended with it
+  assert ended - sent < 30  # not after the 300 s first step
   assert proc.returncode == 128 + signal.SIGTERM
   assert last == ("megan_jax: error: stopped by SIGTERM before the first training step finished: "
                   "nothing to save; rerun the same command to start")
   assert "saving a checkpoint" not in err and "leaked" not in err
-  time.sleep(1)
-  assert workers and not [w for w in workers if _running(w)]  # none left behind
   assert checkpointing.saved_steps(checkpointing.checkpoint_dir(workdir)) == []
   assert workdir_lock.LOCK_NAME not in os.listdir(workdir)
 
