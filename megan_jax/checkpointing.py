@@ -15,25 +15,19 @@ and its own checkpoints (steps 1, 2, ...) then supersede it.
 Retention is one `CheckpointManager` with one preservation policy: the last `keep` checkpoints
 plus the single best one by validation PSNR-Y (`AnyPreservationPolicy(LatestN, BestN)`); checkpoints
 saved without a validation score count only for "last `keep`", and the newest checkpoint is always
-kept (`keep` below 1 counts as 1). Saves are atomic (orbax writes to a
-temporary directory and renames it when complete) and, by default, asynchronous: `save` returns once
-the arrays are copied off the device.
+kept (`keep` below 1 counts as 1). Saves are atomic (orbax writes to a temporary directory and
+renames it when complete) and, by default, asynchronous: `save` returns once the arrays are copied
+off the device.
 
 Faults end in one line that says what is intact: a save that fails (disk full, folder turned
 read-only) raises `CheckpointError` naming the checkpoints still on disk, never deletes them, and
-never waits on orbax's 300 s timeout (the folder is checked before each save), and keeps orbax's
-own reports of it (its error log records, asyncio's "Task exception was never retrieved" and "Event
-loop is closed" from the aborted background writes) off the screen (--verbosity=1 shows the log
-records); an unreadable
-checkpoint (truncated, half-deleted) is skipped with a warning naming its step, in favour of the
-newest readable one; a checkpoint of another architecture raises a ValueError naming the workdir
-and the parameters whose shapes differ.
+never waits on orbax's 300 s timeout (the folder is checked before each save); orbax's own reports
+of it stay off the screen (`orbax_noise`). An unreadable checkpoint (truncated, half-deleted) is
+skipped with a warning naming its step, in favour of the newest readable one; a checkpoint of
+another architecture raises a ValueError naming the workdir and the parameters whose shapes differ.
 """
 
-import logging
 import os
-import sys
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +38,7 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from megan_jax import paths, run_config
+from megan_jax import orbax_noise, paths, run_config
 
 BEST_METRIC = "val_psnr_y"
 UNREADABLE_DIR = "unreadable_checkpoints"  # in the workdir: where resuming moves unreadable ones
@@ -58,63 +52,6 @@ class CheckpointError(RuntimeError):
 
 class ArchitectureError(ValueError):
   """The checkpoint's parameters have other names or shapes than the configured model's."""
-
-
-class _NoMetricsFilter(logging.Filter):
-  """Drops orbax's warning for saves without a validation score: expected between validations."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "did not provide metrics" not in record.getMessage()
-
-
-class _QuietOrbaxErrors(logging.Filter):
-  """Shows orbax's own error records only at debug verbosity, without their traceback: a failed
-  background save logs four of them, and `save`/`wait` report the failure in one line."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
-      record.exc_info, record.exc_text = None, None
-      record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-      return logging.getLogger("absl").isEnabledFor(logging.DEBUG)
-    return True
-
-
-_SAVE_FAILED = threading.Event()  # set once a save failed: its aborted writes report late
-
-
-class _QuietAbortedWrites(logging.Filter):
-  """Drops asyncio's reports of the exceptions of aborted checkpoint writes (after a failed save,
-  or a disk-full or permission error, which the failed save reports)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if "exception was never retrieved" not in record.getMessage():
-      return True
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (_SAVE_FAILED.is_set() or (exc is not None and _reason(exc) in _REASONS))
-
-
-def _quiet_unraisable(previous):
-  """sys.unraisablehook that drops the "Event loop is closed" of a write's completion callback
-  arriving after orbax closed the write's event loop (an aborted save: its failure is reported
-  by the save itself)."""
-
-  def hook(unraisable):
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-      tb = tb.tb_next
-    late = (isinstance(unraisable.exc_value, RuntimeError) and tb is not None
-            and str(unraisable.exc_value) == "Event loop is closed"
-            and f"asyncio{os.sep}base_events.py" in tb.tb_frame.f_code.co_filename)
-    if not late:
-      previous(unraisable)
-
-  return hook
-
-
-logging.getLogger("absl").addFilter(_NoMetricsFilter())
-logging.getLogger("absl").addFilter(_QuietOrbaxErrors())
-logging.getLogger("asyncio").addFilter(_QuietAbortedWrites())
-sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -162,7 +99,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _save_error(manager: ocp.CheckpointManager, exc: BaseException) -> CheckpointError:
-  _SAVE_FAILED.set()
+  orbax_noise.SAVE_FAILED.set()
   directory = str(manager.directory)
   try:  # an earlier save still in flight lands (or fails) before the intact steps are listed
     manager.wait_until_finished()

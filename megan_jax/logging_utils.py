@@ -159,7 +159,7 @@ def written(workdir: str, steps) -> list[tuple[str, str]]:
            f"{', '.join(map(str, steps))}"),
           (os.path.join(workdir, JSONL_NAME), "training log, one JSON record per logged step"),
           (os.path.join(workdir, TENSORBOARD_DIR), "the same log as TensorBoard events"),
-          *[(path, "the config of the run" if i == 0 else "the config of a resume, where it changed")
+          *[(path, "the config of the run" if i == 0 else "the config of a resume that changed it")
             for i, path in enumerate(run_config.config_paths(workdir))],
           (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")] + [
               (os.path.join(workdir, name), "the logs of an earlier run whose checkpoints are gone")
