@@ -48,11 +48,12 @@ def test_pretrained_that_does_not_fit_is_refused_before_anything_is_written(data
   with pytest.raises(checkpointing.ArchitectureError) as info:
     pretrained.start_workdir(tiny, workdir)
   message = str(info.value)
-  assert "demo_small (" in message and "use --config=configs/demo.py" in message
+  assert "demo_small (" in message
+  assert "use --config=configs/demo.py with its model fields (--config.model." in message
   demo_model = _demo_config().model
-  named = dict(re.findall(r"--config\.model\.(\w+)=(\S+)", message))
+  named = dict(re.findall(r"--config\.model\.(\w+)=([^\s)]+)", message))
   assert named["nf"] == str(demo_model.nf) == "16"
-  assert all(str(demo_model[k]) == v.rstrip(".") and tiny.model[k] != demo_model[k]
+  assert all(str(demo_model[k]) == v and tiny.model[k] != demo_model[k]
              for k, v in named.items())
   assert not checkpointing.has_checkpoints(workdir)
   demo = _demo_config()  # ... and in configs/demo.py's model it fits

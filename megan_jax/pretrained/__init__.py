@@ -88,12 +88,12 @@ def _misfit(config, name: str, path: str, meta: dict, diff: str, workdir: str) -
   fields = " ".join(f"--config.model.{k}={v}" for k, v in sorted(meta.get("model", {}).items())
                     if config.model.get(k, v) != v)
   if name in FITS:
-    fix = f"{name} is the model of {FITS[name]}: use --config={FITS[name]}"
+    fix = f"{name} is the model of {FITS[name]}: use --config={FITS[name]} with its model fields"
   elif "config_file" in meta:
-    fix = f"it was exported from a run of {meta['config_file']}: use that config"
+    fix = f"it was exported from a run of {meta['config_file']}: use that run's model fields"
   else:
     fix = "use the config.model it was trained with"
-  fix += f", or set its model fields {fields}" if fields else ""
+  fix += f" ({fields})" if fields else ""
   return checkpointing.ArchitectureError(
       f"config.pretrained: {what} does not fit config.model ({diff}); {fix}. Nothing was written "
       f"to {workdir}")
