@@ -13,6 +13,7 @@ signal's number to a pipe even while the main thread is inside XLA), which print
 ends the process with `os._exit` (after killing its data-loading worker processes).
 """
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -61,6 +62,20 @@ class StopSignals:
     """From now on a first signal waits for the end of the step (there is something to save)."""
     with self._lock:
       self._started = True
+
+  @contextlib.contextmanager
+  def sparing_children(self):
+    """Child processes started in the block (grain's data workers) ignore SIGINT: a Ctrl-C at the
+    terminal reaches the whole process group, and this process decides (SIG_IGN survives exec,
+    and a Python started with SIGINT ignored keeps ignoring it)."""
+    if signal.SIGINT not in self._previous:
+      yield
+      return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):  # the main thread, between bytecodes
     del frame

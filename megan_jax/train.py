@@ -278,7 +278,8 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
                         for k, v in next(data_iter).items() if k in ("lr", "gt")}
   window, last_logged, bar = None, {}, None
   try:
-    batch = next_batch() if start < config.num_steps else None
+    with stop.sparing_children():  # grain starts its worker processes at the first batch
+      batch = next_batch() if start < config.num_steps else None
     for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
       if bar is None:  # the first step compiles: rates and ETAs count from its end
         with progress.compiling("the train step"):
