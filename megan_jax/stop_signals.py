@@ -65,17 +65,21 @@ class StopSignals:
 
   @contextlib.contextmanager
   def sparing_children(self):
-    """Child processes started in the block (grain's data workers) ignore SIGINT: a Ctrl-C at the
-    terminal reaches the whole process group, and this process decides (SIG_IGN survives exec,
-    and a Python started with SIGINT ignored keeps ignoring it)."""
-    if signal.SIGINT not in self._previous:
+    """Child processes started in the block (grain's data workers, multiprocessing's resource
+    tracker) ignore SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up reaches the whole process
+    group, and this process decides (SIG_IGN survives exec, and a Python started with SIGINT
+    ignored keeps ignoring it). SIGTERM, which ends them when this process exits, stays."""
+    spared = (signal.SIGINT, signal.SIGHUP)
+    if not self._previous:
       yield
       return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in spared:
+      signal.signal(s, signal.SIG_IGN)
     try:
       yield
     finally:
-      signal.signal(signal.SIGINT, self._handle)
+      for s in spared:
+        signal.signal(s, self._handle)
 
   def _handle(self, signum, frame):  # the main thread, between bytecodes
     del frame

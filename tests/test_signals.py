@@ -105,9 +105,9 @@ def test_sigterm_before_the_first_step_stops_at_once(data_root, tmp_path):
 
 def test_sighup_saves_and_stops_like_sigterm(data_root, tmp_path):
   workdir = str(tmp_path / "run")
-  proc = _start(data_root, workdir, first=0, later=0.3)
+  proc = _start(data_root, workdir, first=0, later=0.3, data__workers=2)
   _wait_for_steps(proc, workdir, 2)
-  proc.send_signal(signal.SIGHUP)
+  os.killpg(proc.pid, signal.SIGHUP)  # as a closed terminal: the data workers get it too
   err, last = _one_line_end(proc)
   assert proc.returncode == 128 + signal.SIGHUP
   assert "received SIGHUP: saving a checkpoint at the end of this step (SIGHUP again stops" in err
