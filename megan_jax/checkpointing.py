@@ -14,16 +14,17 @@ and its own checkpoints (steps 1, 2, ...) then supersede it.
 
 Retention is one `CheckpointManager` with one preservation policy: the last `keep` checkpoints
 plus the single best one by validation PSNR-Y (`AnyPreservationPolicy(LatestN, BestN)`); checkpoints
-saved without a validation score count only for "last `keep`". Saves are atomic (orbax writes to a
-temporary directory and renames it when complete) and, by default, asynchronous: `save` returns once
-the arrays are copied off the device.
+saved without a validation score count only for "last `keep`", and the newest checkpoint is always
+kept (`keep` below 1 counts as 1). Saves are atomic (orbax writes to a temporary directory and
+renames it when complete) and, by default, asynchronous: `save` returns once the arrays are copied
+off the device.
 
 Faults end in one line that says what is intact: a save that fails (disk full, folder turned
 read-only) raises `CheckpointError` naming the checkpoints still on disk, never deletes them, and
-never waits on orbax's 300 s timeout (the folder is checked before each save); an unreadable
-checkpoint (truncated, half-deleted) is skipped with a warning naming its step, in favour of the
-newest readable one; a checkpoint of another architecture raises a ValueError naming the workdir
-and the parameters whose shapes differ.
+never waits on orbax's 300 s timeout (the folder is checked before each save); orbax's own reports
+of it stay off the screen (`orbax_noise`). An unreadable checkpoint (truncated, half-deleted) is
+skipped with a warning naming its step, in favour of the newest readable one; a checkpoint of
+another architecture raises a ValueError naming the workdir and the parameters whose shapes differ.
 
 Each save stores the fingerprints of what it saved (`fingerprint.state_fingerprints`: hashes of
 the exact bytes of the parameters and optimiser state, and of the data iterator state) in the
@@ -35,8 +36,6 @@ format does not notice) or that holds NaN/Inf counts as unreadable and is skippe
 one. Checkpoints saved before fingerprints existed are checked for NaN/Inf only.
 """
 
-import json
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -48,7 +47,7 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from megan_jax import fingerprint, paths
+from megan_jax import fingerprint, orbax_noise, paths, run_config
 
 BEST_METRIC = "val_psnr_y"
 FINGERPRINTS = "fingerprints"  # the key of the fingerprints in a step's custom metadata
@@ -65,27 +64,6 @@ class ArchitectureError(ValueError):
   """The checkpoint's parameters have other names or shapes than the configured model's."""
 
 
-class _NoMetricsFilter(logging.Filter):
-  """Drops orbax's warning for saves without a validation score: expected between validations."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "did not provide metrics" not in record.getMessage()
-
-
-class _ShortOrbaxErrors(logging.Filter):
-  """Keeps orbax's own error records to their message: the traceback of a failed background save
-  would fill the terminal, and `save`/`wait` report the failure in one line."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
-      record.exc_info, record.exc_text = None, None
-    return True
-
-
-logging.getLogger("absl").addFilter(_NoMetricsFilter())
-logging.getLogger("absl").addFilter(_ShortOrbaxErrors())
-
-
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -98,7 +76,7 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
                  create: bool = True) -> ocp.CheckpointManager:
   """Returns the run's CheckpointManager (keeps the last `keep` and the best by `val_psnr_y`)."""
   policy = pp.AnyPreservationPolicy([
-      pp.LatestN(n=keep),
+      pp.LatestN(n=max(keep, 1)),  # 0 would delete each checkpoint as it is saved
       pp.BestN(get_metric_fn=_best_fn, n=1, keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
@@ -131,6 +109,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _save_error(manager: ocp.CheckpointManager, exc: BaseException) -> CheckpointError:
+  orbax_noise.SAVE_FAILED.set()
   directory = str(manager.directory)
   try:  # an earlier save still in flight lands (or fails) before the intact steps are listed
     manager.wait_until_finished()
@@ -214,17 +193,22 @@ def _path_shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def check_shapes(saved_params, expected_params, where: str) -> None:
-  """Raises an ArchitectureError naming `where` when the parameter paths or shapes differ."""
+def shape_differences(saved_params, expected_params, saved_name: str = "the checkpoint") -> str:
+  """"" when the parameter paths and shapes agree, else "3 differ: a/kernel: (3, 8) in
+  <saved_name>, (3, 12) in the config; ..." (the first four)."""
   saved, expected = _path_shapes(saved_params), _path_shapes(expected_params)
-  if saved == expected:
-    return
   diff = [(p, saved.get(p, "absent"), expected.get(p, "absent"))
           for p in sorted(set(saved) | set(expected)) if saved.get(p) != expected.get(p)]
-  listed = "; ".join(f"{p}: {a} in the checkpoint, {b} in the config" for p, a, b in diff[:4])
-  raise ArchitectureError(
-      f"{where}: the checkpoint's parameters do not fit config.model ({len(diff)} differ: "
-      f"{listed}); use the model config the run was trained with, or another --workdir")
+  listed = "; ".join(f"{p}: {a} in {saved_name}, {b} in the config" for p, a, b in diff[:4])
+  return f"{len(diff)} differ: {listed}" if diff else ""
+
+
+def check_shapes(saved_params, expected_params, where: str) -> None:
+  """Raises an ArchitectureError naming `where` when the parameter paths or shapes differ."""
+  if diff := shape_differences(saved_params, expected_params):
+    raise ArchitectureError(
+        f"{where}: the checkpoint's parameters do not fit config.model ({diff}); use the model "
+        f"config the run was trained with, or another --workdir")
 
 
 def _newest_readable(manager: ocp.CheckpointManager, read, steps: list[int]):
@@ -260,7 +244,7 @@ def _warn_unreadable(manager, failed, step: int, moved_to: str | None = None) ->
                          bad, manager.directory, reason, step, where)
 
 
-def _free_name(path: str) -> str:
+def free_name(path: str) -> str:
   """`path`, or `path`.1, .2, ... when it is taken."""
   candidate, i = path, 0
   while os.path.exists(candidate):
@@ -270,16 +254,13 @@ def _free_name(path: str) -> str:
 
 
 def _changed_model_fields(workdir: str, model_config) -> str:
-  """"; config.model fields changed since WORKDIR/config.json was written: nf (64 -> 32)", or ""."""
-  path = os.path.join(workdir, "config.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f).get("model", {})
-  except (OSError, ValueError):
+  """"; config.model fields changed since WORKDIR/config.json was written: nf (64 -> 32)", or ""
+  (the newest recorded config, `run_config`)."""
+  latest = run_config.load_latest(workdir)
+  if latest is None:
     return ""
-  now = model_config.to_dict()
-  changed = [f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
+  path, saved = latest
+  changed = run_config.changed_fields(saved.get("model", {}), model_config.to_dict())
   return f"; config.model fields changed since {path}: {', '.join(changed)}" if changed else ""
 
 
@@ -323,7 +304,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
       for bad, _ in failed:
         os.makedirs(moved_to, exist_ok=True)
         os.replace(os.path.join(str(manager.directory), str(bad)),
-                   _free_name(os.path.join(moved_to, str(bad))))
+                   free_name(os.path.join(moved_to, str(bad))))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("megan_jax checkpoint fallback: moved")
     manager.reload()

@@ -37,7 +37,8 @@ import numpy as np
 from megan_jax import metrics, paths, report
 from megan_jax.data.sources import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DataError,
                                     FrameFolderSequence, Sequence, VideoSequence)
-from megan_jax.predict import restore_predict_fn, stop_on_signals
+from megan_jax.predict import restore_predict_fn
+from megan_jax.stop_signals import stop_on_signals
 from megan_jax.progress import bar as progress_bar
 
 OUTPUT_VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
@@ -277,7 +278,7 @@ def infer(config, workdir: str, plan: Plan | None = None, *, predict_fn=None) ->
   """Upscales `config.infer.input` with the checkpoint in `workdir` (or `predict_fn`), prints
   what it wrote and returns the output path. `plan`: `preflight`'s, when main.py has made it.
 
-  A signal (Ctrl-C, SIGTERM, SIGHUP) raises `predict.Interrupted` and leaves the output as it was.
+  A signal (Ctrl-C, SIGTERM, SIGHUP) raises `stop_signals.Interrupted` and leaves the output as it was.
   """
   plan = plan or preflight(config, workdir)
   ic = config.infer

@@ -3,10 +3,15 @@
 TensorBoard files are written with tensorboardX (protobuf only, no TensorFlow or PyTorch import),
 because clu.metric_writers imports TensorFlow. Only process 0 writes; the other processes get a
 writer whose methods do nothing, so callers need no `if jax.process_index() == 0`.
+
+A log is never discarded: a run that starts from step 0 in a workdir holding the logs of an
+earlier run (whose checkpoints were deleted) moves them to WORKDIR/earlier_run (.1, .2, ...) first,
+and a resume moves the records of the steps it trains again to WORKDIR/metrics.replayed.jsonl.
 """
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -14,20 +19,22 @@ import numpy as np
 import tensorboardX
 from clu import parameter_overview
 
-from megan_jax import checkpointing
+from megan_jax import checkpointing, progress, run_config
 
 JSONL_NAME = "metrics.jsonl"
+REPLAYED_NAME = "metrics.replayed.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 PARAMETERS_NAME = "parameters.txt"
+EARLIER_RUN_DIR = "earlier_run"
 
 
 class MetricWriter:
   """Appends scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/events.out.tfevents.*.
 
   `resume_step`: the step the run restarts from (its checkpoint's). A run killed after that step
-  logged steps that the resumed run logs again, so the records past it are dropped from
-  metrics.jsonl, and TensorBoard is told to hide its events past it (tensorboardX `purge_step`):
-  the logs hold each step once.
+  logged steps that the resumed run logs again, so the records past it are moved from
+  metrics.jsonl to metrics.replayed.jsonl, and TensorBoard is told to hide its events past it
+  (tensorboardX `purge_step`): the logs hold each step once.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
@@ -37,7 +44,11 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, JSONL_NAME)
     if resume_step is not None and os.path.exists(path):
-      _truncate_jsonl(path, resume_step)
+      replayed = os.path.join(workdir, REPLAYED_NAME)
+      if steps := _truncate_jsonl(path, resume_step, replayed):
+        progress.note(f"{path}: steps {steps[0]}-{steps[-1]} were logged past the checkpoint of "
+                      f"step {resume_step} and are trained again; moved their records to "
+                      f"{replayed}")
     self._jsonl = open(path, "a", encoding="utf-8")
     self._last = None  # (step, offset, record) of the last line written
     self._tb = tensorboardX.SummaryWriter(
@@ -85,30 +96,62 @@ class MetricWriter:
       self._tb.close()
 
 
-def _truncate_jsonl(path: str, last_step: int) -> None:
-  """Keeps the records of steps <= `last_step` (and drops a line cut short by a kill)."""
-  kept = []
+def _truncate_jsonl(path: str, last_step: int, moved_to: str) -> list[int]:
+  """Keeps the records of steps <= `last_step` in `path`, appends the later ones to `moved_to`
+  (a line cut short by a kill is dropped); returns the moved records' steps."""
+  kept, moved = [], []
   with open(path, encoding="utf-8") as f:
     for line in f:
       try:
         record = json.loads(line)
       except ValueError:
         continue
-      if record.get("step", 0) <= last_step:
-        kept.append(line if line.endswith("\n") else line + "\n")
+      line = line if line.endswith("\n") else line + "\n"
+      (kept if record.get("step", 0) <= last_step else moved).append((record.get("step", 0), line))
+  if moved:  # first: a kill in between loses nothing
+    with open(moved_to, "a", encoding="utf-8") as f:
+      f.writelines(line for _, line in moved)
   tmp = f"{path}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
+    f.writelines(line for _, line in kept)
   os.replace(tmp, path)
+  return [step for step, _ in moved]
 
 
-def read_jsonl(workdir: str) -> list[dict]:
+def set_aside_earlier_run(workdir: str) -> str | None:
+  """Moves the logs and configs of an earlier run (metrics.jsonl with records, TensorBoard events,
+  config*.json, parameters.txt) to a free WORKDIR/earlier_run*; returns a note, or None when there
+  is no such log. Called by a run starting at step 0, which would otherwise truncate them."""
+  records = read_jsonl(workdir, strict=False)
+  if not records:
+    return None
+  names = [JSONL_NAME, REPLAYED_NAME, TENSORBOARD_DIR, PARAMETERS_NAME] + [
+      os.path.basename(p) for p in run_config.config_paths(workdir)]
+  names = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  dest = checkpointing.free_name(os.path.join(os.path.abspath(workdir), EARLIER_RUN_DIR))
+  os.makedirs(dest)
+  for name in names:
+    shutil.move(os.path.join(workdir, name), os.path.join(dest, name))
+  steps = [r.get("step", 0) for r in records]
+  return (f"{os.path.join(workdir, JSONL_NAME)} logs steps {min(steps)}-{max(steps)} of an earlier "
+          f"run, but {checkpointing.checkpoint_dir(workdir)} holds no checkpoint of it: moved "
+          f"{', '.join(names)} to {dest}; this run starts from step 0")
+
+
+def read_jsonl(workdir: str, strict: bool = True) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, in order (empty when there is none)."""
   path = os.path.join(workdir, JSONL_NAME)
   if not os.path.exists(path):
     return []
+  records = []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        if strict:
+          raise
+  return records
 
 
 def run_summary(params, workdir: str, config) -> str:
@@ -146,5 +189,10 @@ def written(workdir: str, steps) -> list[tuple[str, str]]:
            f"{', '.join(map(str, steps))}"),
           (os.path.join(workdir, JSONL_NAME), "training log, one JSON record per logged step"),
           (os.path.join(workdir, TENSORBOARD_DIR), "the same log as TensorBoard events"),
-          (os.path.join(workdir, "config.json"), "the config of the run"),
-          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")]
+          *[(path, "log records of steps that a resume trained again")
+            for path in [os.path.join(workdir, REPLAYED_NAME)] if os.path.exists(path)],
+          *[(path, "the config of the run" if i == 0 else "the config of a resume that changed it")
+            for i, path in enumerate(run_config.config_paths(workdir))],
+          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")] + [
+              (os.path.join(workdir, name), "the logs of an earlier run whose checkpoints are gone")
+              for name in sorted(os.listdir(workdir)) if name.startswith(EARLIER_RUN_DIR)]

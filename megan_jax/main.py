@@ -72,7 +72,7 @@ def main(argv):
     _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
          f"results)")
   # pylint: disable-next=import-outside-toplevel
-  from megan_jax import checkpointing, evaluate, infer, paths, predict, pretrained, train
+  from megan_jax import checkpointing, evaluate, infer, paths, pretrained, stop_signals, train
   train.setup_runtime(config)
   try:
     if FLAGS.mode == "export":
@@ -82,15 +82,16 @@ def main(argv):
       from megan_jax import repro  # pylint: disable=import-outside-toplevel
       sys.exit(repro.compare_main(config, FLAGS.workdir))
     plan = infer.preflight(config, FLAGS.workdir) if FLAGS.mode == "infer" else None  # inputs first
-    pretrained.start_workdir(config, FLAGS.workdir)
+    if FLAGS.mode != "train":  # training starts from it itself, checked against its model
+      pretrained.start_workdir(config, FLAGS.workdir)
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
-      with predict.stop_on_signals("--mode=eval"):
+      with stop_signals.stop_on_signals("--mode=eval"):
         evaluate.evaluate(config, FLAGS.workdir)
     else:
       infer.infer(config, FLAGS.workdir, plan)
-  except (train.Interrupted, predict.Interrupted) as e:
+  except stop_signals.Interrupted as e:
     _die(str(e), e.exit_code)
   except (ValueError, FloatingPointError, checkpointing.CheckpointError) as e:  # config, data, numbers
     logging.info("traceback (shown with --verbosity=0):", exc_info=True)

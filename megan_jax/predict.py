@@ -9,14 +9,8 @@ lies furthest from a tile edge (the overlap is cropped, not blended), so for a m
 receptive field is at most `tile_overlap / 2` LR pixels the tiled result equals the untiled one.
 MEGAN's non-local blocks and LMGA see the whole tile, so for MEGAN itself tiling is an
 approximation: use tiles as large as memory allows.
-
-`stop_on_signals` turns Ctrl-C, SIGTERM and SIGHUP during an eval or infer run into `Interrupted`,
-which main.py reports in one line (exit 128 + the signal number, as training does).
 """
 
-import contextlib
-import signal
-import threading
 from collections.abc import Mapping
 
 import flax
@@ -29,42 +23,6 @@ from megan_jax.data.pipeline import SCALE
 from megan_jax.models import build_model
 
 MULTIPLE = 4  # the model's h, w must be multiples of this
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(RuntimeError):
-  """A signal stopped an eval or infer run; `exit_code` is 128 + the signal number."""
-
-  def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.exit_code = 128 + signum
-
-
-@contextlib.contextmanager
-def stop_on_signals(what: str, advice: str = "rerun the same command to start again"):
-  """Within the block, SIGINT (Ctrl-C), SIGTERM and SIGHUP raise `Interrupted` in the main thread:
-  "stopped by SIGINT (Ctrl-C) during <what>; <advice>". The first one only: later ones are ignored
-  while the exception unwinds, so that the cleanup on the way (`paths.staged`) completes. A signal
-  that was ignored before (SIGHUP under nohup) stays ignored; off the main thread nothing changes.
-  """
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  caught = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
-
-  def handle(signum, frame):
-    del frame
-    for s in caught:
-      signal.signal(s, signal.SIG_IGN)
-    name = signal.Signals(signum).name + (" (Ctrl-C)" if signum == signal.SIGINT else "")
-    raise Interrupted(f"stopped by {name} during {what}; {advice}", signum)
-
-  previous = {s: signal.signal(s, handle) for s in caught}
-  try:
-    yield
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
 
 
 def _variables(params) -> dict:

@@ -7,13 +7,16 @@ config: parameters, LMGA's random pooling and the data order all derive from `co
 `config.seeds`, one stream each: megan_jax/repro.py), and the per-step key is `fold_in(key, step)`,
 so a run stopped and resumed from its checkpoint (which holds the grain iterator position too)
 ends bit-identical to an uninterrupted one on the CPU.
+
+One training at a time holds a workdir (`workdir_lock`); stop signals save and stop, or stop at once
+before the first step (`stop_signals`); the run's configs and logs are kept across resumes and
+restarts (`run_config`, `logging_utils`).
 """
 
 import math
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 import flax
@@ -27,22 +30,15 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from megan_jax import checkpointing, evaluate, logging_utils, paths, predict, progress, report
-from megan_jax import repro
-from megan_jax.data.pipeline import make_train_iter, open_eval_dataset
+from megan_jax import (checkpointing, evaluate, logging_utils, paths, pretrained, progress, report,
+                       repro, run_config, stop_signals, train_val, workdir_lock)
+from megan_jax.data.pipeline import make_train_iter
 from megan_jax.losses import charbonnier
 from megan_jax.models import build_model
 from megan_jax.repro import rng_streams
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
-
-
-class Interrupted(RuntimeError):
-  """SIGTERM/SIGINT arrived: a checkpoint was saved; rerunning the command resumes."""
-
-  def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.exit_code = 128 + signum
+Interrupted = stop_signals.Interrupted
 
 
 class NonFiniteError(FloatingPointError):
@@ -159,36 +155,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config.eval_every={config.eval_every} steps); set it or --config.eval_every=0")
 
 
-class _StopFlag:
-  """SIGTERM/SIGINT handler that only records the signal; the loop saves at the next step boundary.
-
-  A second SIGINT falls through to Python's default (KeyboardInterrupt) for an immediate abort.
-  """
-
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, signal.default_int_handler)
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning("received %s: saving a checkpoint at the end of this step",
-                    signal.Signals(signum).name)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
-        self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-
 def _any_process(flag: bool) -> bool:
   """True when `flag` is set on any process (a collective: every process must call it)."""
   if jax.process_count() == 1:
@@ -215,34 +181,6 @@ def _local_params(params):
   return jax.tree.map(lambda x: x.addressable_data(0), params)
 
 
-class _Validator:
-  """PSNR-Y/SSIM-Y on `config.val` through the eval code path (evaluate.evaluate_sequences), with
-  the bicubic + blending baseline's scores beside them (computed once) and side-by-side crops."""
-
-  def __init__(self, config, model):
-    self._model = model
-    self._sequences = open_eval_dataset(config.val)[:config.val.get("max_clips")]
-    self._num_input_frames = config.data.num_input_frames
-    self._baseline = None
-
-  def _scores(self, predict_fn) -> dict[str, float]:
-    return evaluate.evaluate_sequences(predict_fn, self._sequences, progress=False, desc="val",
-                                       num_input_frames=self._num_input_frames)["mean"]
-
-  def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
-    """({"val_<metric>", "val_baseline_<metric>"}, comparison crops uint8 (H, W, 3))."""
-    if self._baseline is None:
-      self._baseline = self._scores(evaluate.baseline_predict_fn)
-    # predict fns of one model share their compilations
-    predict_fn = predict.make_predict_fn(self._model, params)
-    scores = {f"val_{k}": v for k, v in self._scores(predict_fn).items()}
-    scores.update({f"val_baseline_{k}": v for k, v in self._baseline.items()})
-    image = evaluate.comparison_image(
-        self._sequences[0], {"model": predict_fn, evaluate.BASELINE: evaluate.baseline_predict_fn},
-        num_input_frames=self._num_input_frames)
-    return scores, image
-
-
 def _make_data_iter(config, per_process_batch: int):
   return make_train_iter(config.data, batch_size=per_process_batch,
                          seed=repro.stream_seed(config.seed, config.seeds, "data"),
@@ -258,11 +196,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `model` replaces `build_model(config.model)` (tests pass a toy model with MEGAN's interface).
   Prints a summary (parameters per top-level module, devices, batch, workdir), the compile time
   of the train step, a log line every config.log_every steps and, at the end, what was written.
+  Raises workdir_lock.WorkdirBusyError while another training holds `workdir`.
   """
   validate_config(config)
-  is_main = jax.process_index() == 0
   paths.writable_dir(workdir, "--workdir")
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0), stop_signals.StopSignals(
+      checkpointing.checkpoint_dir(workdir)) as stop:
+    last_logged = _train(config, workdir, model, stop)
+  if last_logged is not None and config.final_eval:
+    evaluate.evaluate(config, workdir)
+  return last_logged or {}
 
+
+def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[str, float] | None:
+  """The run itself, under the workdir's lock: the last logged scalars, or None when there was
+  nothing to train."""
+  is_main = jax.process_index() == 0
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
@@ -288,14 +237,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   per_process_batch = config.batch_size // jax.process_count()
   data_iter = _make_data_iter(config, per_process_batch)
+  source = pretrained.start_workdir(config, workdir, expected=abstract.params, announce=False)
   manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints,
                                        async_save=config.async_checkpointing)
   restored = checkpointing.restore(manager, abstract, data_iter, model_config=config.model)
   if restored is not None and restored[2]:  # params only: the start of a new run
     last_good = restored[1]
     state = jax.jit(lambda p: new_state(p, tx), out_shardings=state_sharding)(restored[0]["params"])
-    progress.note(f"starting from the parameters of step {last_good} in "
-                  f"{checkpointing.checkpoint_dir(workdir)} with a fresh optimiser state and data order")
+    source = source or (f"the parameters of step {last_good} in "
+                        f"{checkpointing.checkpoint_dir(workdir)}")
+    progress.note(f"starting {workdir} from {source} with a fresh optimiser state and data order")
   elif restored is not None:
     state, last_good, _ = restored
     progress.note(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
@@ -304,74 +255,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
   start = int(state.step)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    for note in (logging_utils.set_aside_earlier_run(workdir) if start == 0 else None,
+                 run_config.record(workdir, config)):
+      if note:
+        progress.note(note)
   if start > config.num_steps:
     manager.close()
     progress.note(f"nothing to train: {checkpointing.checkpoint_dir(workdir)} holds step {start}, "
                   f"past config.num_steps={config.num_steps}. Raise --config.num_steps to train "
                   f"on, or use --mode=eval to evaluate it.")
-    return {}
+    return None
   if is_main:
     progress.note(logging_utils.run_summary(state.params, workdir, config))
 
   writer = logging_utils.MetricWriter(workdir, enabled=is_main, resume_step=start)
-  validator = (_Validator(config, model)
+  validator = (train_val.Validator(config, model)
                if config.eval_every and start < config.num_steps else None)
   next_batch = lambda: {k: to_global(v, data_sharding)
                         for k, v in next(data_iter).items() if k in ("lr", "gt")}
   window, last_logged, bar = None, {}, None
   try:
-    with _StopFlag() as stop:
+    with stop.sparing_children():  # grain starts its worker processes at the first batch
       batch = next_batch() if start < config.num_steps else None
-      repro.write_manifest(workdir, config, start, state.params, batch)
-      for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
-        if bar is None:  # the first step compiles: rates and ETAs count from its end
-          with progress.compiling("the train step"):
-            state, metrics = jax.block_until_ready(train_step(state, batch, streams["lmga"]))
-          # on a terminal; in a file the log lines say the same
-          bar = progress.bar(config.num_steps, "train", unit="step", initial=step,
-                             shown=is_main and sys.stderr.isatty())
-        else:
-          state, metrics = train_step(state, batch, streams["lmga"])
-          bar.update()
-        window = metrics if window is None else window.merge(metrics)
-        is_last = step == config.num_steps
-        is_log = step % config.log_every == 0 or is_last
-        stopping = (_any_process(stop.signum is not None) if is_log or jax.process_count() == 1
-                    else False)
-        val = None
-        if is_log or stopping:
-          scalars = _host_scalars(window)
-          _check_finite(scalars, step, last_good, workdir)
-          window = None
-          lr = float(schedule(step - 1))
-          last_logged = {**scalars, "lr": lr}
-          speed = _speed(bar, config.batch_size)
-          writer.write_scalars(step, {**last_logged, **speed})
-          progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
-        if validator is not None and (step % config.eval_every == 0 or is_last):
-          val, image = validator(_local_params(state.params))
-          writer.write_scalars(step, val)
-          writer.write_image(step, "val/LR_model_baseline_GT", image)
-          progress.note(f"step {step} validation: " +
-                        ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
-        if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
-          if window is not None:
-            _check_finite(_host_scalars(window), step, last_good, workdir)
-          prints = checkpointing.save(manager, step, state, data_iter, metrics={
-              checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
-          writer.write_fields(step, {"fingerprints": prints})
-          last_good = step
-        if stopping:
-          checkpointing.wait(manager)
-          name = signal.Signals(stop.signum).name if stop.signum else "a stop request"
-          raise Interrupted(
-              f"stopped by {name} after step {step}; checkpoint saved in "
-              f"{checkpointing.checkpoint_dir(workdir)}; rerun the same command to resume",
-              stop.signum or signal.SIGTERM)
-        if not is_last:
-          batch = next_batch()
+    repro.write_manifest(workdir, config, start, state.params, batch)
+    for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
+      if bar is None:  # the first step compiles: rates and ETAs count from its end
+        with progress.compiling("the train step"):
+          state, metrics = jax.block_until_ready(train_step(state, batch, streams["lmga"]))
+        stop.started()
+        # on a terminal; in a file the log lines say the same
+        bar = progress.bar(config.num_steps, "train", unit="step", initial=step,
+                           shown=is_main and sys.stderr.isatty())
+      else:
+        state, metrics = train_step(state, batch, streams["lmga"])
+        bar.update()
+      window = metrics if window is None else window.merge(metrics)
+      is_last = step == config.num_steps
+      is_log = step % config.log_every == 0 or is_last
+      stopping = (_any_process(stop.signum is not None) if is_log or jax.process_count() == 1
+                  else False)
+      val = None
+      if is_log or stopping:
+        scalars = _host_scalars(window)
+        _check_finite(scalars, step, last_good, workdir)
+        window = None
+        lr = float(schedule(step - 1))
+        last_logged = {**scalars, "lr": lr}
+        speed = _speed(bar, config.batch_size)
+        writer.write_scalars(step, {**last_logged, **speed})
+        progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
+      if validator is not None and (step % config.eval_every == 0 or is_last):
+        val, image = validator(_local_params(state.params))
+        writer.write_scalars(step, val)
+        writer.write_image(step, "val/LR_model_baseline_GT", image)
+        progress.note(f"step {step} validation: " +
+                      ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+      if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
+        if window is not None:
+          _check_finite(_host_scalars(window), step, last_good, workdir)
+        prints = checkpointing.save(manager, step, state, data_iter, metrics={
+            checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
+        writer.write_fields(step, {"fingerprints": prints})
+        last_good = step
+      if stopping:
+        checkpointing.wait(manager)
+        name = signal.Signals(stop.signum).name if stop.signum else "a stop request"
+        raise Interrupted(
+            f"stopped by {name} after step {step}; checkpoint saved in "
+            f"{checkpointing.checkpoint_dir(workdir)}; rerun the same command to resume",
+            stop.signum or signal.SIGTERM)
+      if not is_last:
+        batch = next_batch()
     checkpointing.wait(manager)
     saved = manager.all_steps()
   except BaseException as e:
@@ -384,9 +338,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar.close()
     writer.close()
   progress.note(report.wrote_lines(logging_utils.written(workdir, saved)))
-
-  if config.final_eval:
-    evaluate.evaluate(config, workdir)
   return last_logged
 
 

@@ -93,3 +93,13 @@ def test_validation_during_training_keeps_the_best(tmp_path):
   best = max(val, key=val.get)
   assert checkpointing.best_step(str(tmp_path / "run")) == best
   assert checkpointing.make_manager(str(tmp_path / "run")).all_steps() == sorted({best, 6})
+
+
+def test_keep_zero_still_keeps_the_newest(tmp_path):
+  manager = checkpointing.make_manager(str(tmp_path), keep=0)
+  it = iter(_dataset())
+  for step in (1, 2, 3):
+    checkpointing.save(manager, step, _state(step), it)
+  manager.wait_until_finished()
+  assert manager.all_steps() == [3]
+  assert np.asarray(checkpointing.restore_params(str(tmp_path))[0]["w"]).tolist() == [3.0] * 3

@@ -306,9 +306,13 @@ def test_logs_hold_each_step_once_after_a_resume(toy_run):
   with open(os.path.join(workdir, logging_utils.JSONL_NAME), "a", encoding="utf-8") as f:
     f.write('{"step": 5, "loss": 0.')  # a record cut short by the kill
   time.sleep(1.1)  # tensorboardX names event files by the second
+  with open(os.path.join(workdir, logging_utils.JSONL_NAME), encoding="utf-8") as f:
+    logged = f.readlines()[2:4]  # the complete records of steps 3 and 4
   config.num_steps = 5
   train.train_and_evaluate(config, workdir, train_fakes.ToyModel())
   assert [r["step"] for r in logging_utils.read_jsonl(workdir)] == [1, 2, 3, 4, 5]
+  with open(os.path.join(workdir, logging_utils.REPLAYED_NAME), encoding="utf-8") as f:
+    assert f.readlines() == logged  # kept, out of the way of the steps trained again
   shown = _tensorboard_scalars(workdir)
   assert sorted(s for tag, s in shown if tag == "loss") == [1, 2, 3, 4, 5]
   assert all(len(v) == 1 for v in shown.values())

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import infer_fakes
-from megan_jax import predict
+from megan_jax import stop_signals
 from megan_jax.infer import infer, preflight
 
 from configs import vimeo  # pylint: disable=wrong-import-order
@@ -148,7 +148,7 @@ def test_a_stopped_run_leaves_the_output_as_it_was(tmp_path, source, output, sto
       _run(config, tmp_path, failing)
   else:
     signum = getattr(signal, stop)
-    with pytest.raises(predict.Interrupted, match=f"stopped by {stop}.* during --mode=infer; "
+    with pytest.raises(stop_signals.Interrupted, match=f"stopped by {stop}.* during --mode=infer; "
                                                   f"nothing was written to {path}") as e:
       _run(config, tmp_path, infer_fakes.signalling(signum))
     assert e.value.exit_code == 128 + signum

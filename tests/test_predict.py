@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megan_jax.predict import (STOP_SIGNALS, Interrupted, make_predict_fn, stop_on_signals,
-                               tile_plan)
+from megan_jax.predict import make_predict_fn, tile_plan
+from megan_jax.stop_signals import SIGNALS as STOP_SIGNALS, Interrupted, stop_on_signals
 
 
 class BoxUpsampler(nn.Module):

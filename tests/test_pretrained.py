@@ -71,10 +71,11 @@ def test_export_then_start_a_run_from_it_and_score_both(data_root, tmp_path, mon
   assert meta["steps"] == 4 and meta["config_file"] == "configs/vimeo.py:tiny"
 
   config.pretrained = config.export.output
-  pretrained.start_workdir(config, second)
+  toy_params = pretrained.expected_params(config, toy)
+  pretrained.start_workdir(config, second, toy_params)
   assert "starting" in capsys.readouterr().out
   assert checkpointing.make_manager(second, create=False).all_steps() == [0]
-  pretrained.start_workdir(config, second)  # a workdir with checkpoints is left as it is
+  pretrained.start_workdir(config, second, toy_params)  # a workdir with checkpoints: left as it is
   train.train_and_evaluate(config, second, toy)
   out = evaluate.evaluate(config, second)
   assert list(out["summary"]) == ["MEGAN", "MEGAN (exported)", evaluate.BASELINE]

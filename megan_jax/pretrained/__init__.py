@@ -3,8 +3,10 @@
 `config.pretrained` names one: a packaged set (`PACKAGED`, e.g. "demo_small", the small MEGAN of
 configs/demo.py, made by configs/pretrain.py) or the path of a `.npz` written by
 `python -m megan_jax.main --mode=export`. A run whose workdir holds no checkpoint starts from it:
-`start_workdir` writes it as the params-only step-0 checkpoint (`checkpointing.save_params`), so
-training fine-tunes it (fresh optimiser state and data order) and eval and infer use it as is.
+`start_workdir` checks its arrays against the configured model's (`jax.eval_shape`, nothing is
+computed) and only then writes it as the params-only step-0 checkpoint (`checkpointing.save_params`,
+under the workdir's lock), so training fine-tunes it (fresh optimiser state and data order) and
+eval and infer use it as is. A set that does not fit leaves the workdir as it was.
 
 File format: one array per parameter under its '/'-joined tree path ("front/conv_first/kernel"),
 plus "__meta__", a JSON string (config, step, source workdir, date).
@@ -16,12 +18,16 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from megan_jax import checkpointing, npz, paths, progress
+from megan_jax import checkpointing, npz, paths, progress, workdir_lock
+from megan_jax.models import build_model
 
 PACKAGED = {"demo_small": "demo_small.npz"}
+FITS = {"demo_small": "configs/demo.py"}  # the config whose model each packaged set is
 META_KEY = "__meta__"
 
 
@@ -77,15 +83,53 @@ def save(path: str, params: Any, meta: dict) -> None:
       os.remove(tmp)
 
 
-def start_workdir(config, workdir: str) -> None:
-  """Makes `config.pretrained` the step-0 checkpoint of `workdir` when it holds none yet."""
+def expected_params(config, model=None):
+  """The parameter tree (ShapeDtypeStructs) of `model` (default: `build_model(config.model)`)."""
+  model = build_model(config.model) if model is None else model
+  x = jax.ShapeDtypeStruct((1, config.data.num_input_frames, config.data.crop,
+                            config.data.crop, 3), jnp.float32)  # (B, n+1, h, w, 3)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  return jax.eval_shape(
+      lambda k, x: model.init({"params": k, "lmga": k}, x, train=False)["params"], key, x)
+
+
+def _misfit(config, name: str, path: str, meta: dict, diff: str, workdir: str) -> ValueError:
+  """The one-line error for a parameter set that does not fit config.model."""
+  what = f"{name} ({path})" if name in PACKAGED else path
+  fields = " ".join(f"--config.model.{k}={v}" for k, v in sorted(meta.get("model", {}).items())
+                    if config.model.get(k, v) != v)
+  if name in FITS:
+    fix = f"{name} is the model of {FITS[name]}: use --config={FITS[name]} with its model fields"
+  elif "config_file" in meta:
+    fix = f"it was exported from a run of {meta['config_file']}: use that run's model fields"
+  else:
+    fix = "use the config.model it was trained with"
+  fix += f" ({fields})" if fields else ""
+  return checkpointing.ArchitectureError(
+      f"config.pretrained: {what} does not fit config.model ({diff}); {fix}. Nothing was written "
+      f"to {workdir}")
+
+
+def start_workdir(config, workdir: str, expected=None, announce: bool = True) -> str | None:
+  """Makes `config.pretrained` the step-0 checkpoint of `workdir` when it holds none yet, once its
+  arrays match `expected` (a parameter tree of arrays or ShapeDtypeStructs; default:
+  `expected_params(config)`). Returns what it started from ("the parameters demo_small (1200 steps
+  of configs/pretrain.py)"), noted on screen when `announce`, or None when it wrote nothing."""
   name = config.pretrained
   if not name or checkpointing.has_checkpoints(workdir):
-    return
+    return None
   params, meta = load(name)
-  checkpointing.save_params(workdir, params)
+  diff = checkpointing.shape_differences(
+      params, expected_params(config) if expected is None else expected, "the file")
+  if diff:
+    raise _misfit(config, name, resolve(name), meta, diff, workdir)
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    checkpointing.save_params(workdir, params)
   trained = f" ({meta['steps']} steps of {meta['config_file']})" if "steps" in meta else ""
-  progress.note(f"starting {workdir} from the parameters {name}{trained}")
+  source = f"the parameters {name}{trained}"
+  if announce:
+    progress.note(f"starting {workdir} from {source}")
+  return source
 
 
 def export(config, workdir: str, config_file: str) -> str:
