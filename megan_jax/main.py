@@ -5,6 +5,7 @@ an empty DIR starts from config.pretrained when set. --mode=export writes DIR's 
 description (no --workdir needed). --mode=compare compares two runs (README, "Reproducibility")."""
 
 import os
+import signal
 import sys
 
 # XLA's C++ log shows only FATAL messages: on a CPU its "Very slow compile?" alarm (an ERROR after
@@ -58,6 +59,14 @@ def _parse(argv):
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except KeyboardInterrupt:  # outside the runs' own handlers: while importing, checking, starting
+    _die("stopped by SIGINT (Ctrl-C); what was already saved is kept: rerun the same command to "
+         "continue", 128 + signal.SIGINT)
+
+
+def _main(argv):
   if len(argv) > 1:
     _die(f"unexpected arguments {argv[1:]}")
   config = FLAGS.config

@@ -183,3 +183,22 @@ def test_a_failed_export_write_leaves_no_temporary_file(tmp_path):
   with pytest.raises(OSError):
     pretrained.save(str(target), {"a": {"kernel": np.zeros(3)}}, {})
   assert sorted(os.listdir(tmp_path)) == ["taken.npz"] and os.listdir(target) == []
+
+
+def test_ctrl_c_outside_the_runs_own_handlers_is_one_line(tmp_path):
+  """A KeyboardInterrupt from where no run handles signals (here: the config check) ends in one
+  line and exit 130 (128 + SIGINT), not a traceback; nothing is created."""
+  script = tmp_path / "interrupted_main.py"
+  script.write_text(
+      "from absl import app\n"
+      "from megan_jax import config_check, main\n"
+      "def interrupt(config):\n"
+      "  raise KeyboardInterrupt\n"
+      "config_check.check = interrupt\n"
+      "app.run(main.main, flags_parser=main._parse)\n")
+  proc = _main("--config=configs/vimeo.py", f"--workdir={tmp_path}/run", script=str(script))
+  assert proc.returncode == 130, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      "megan_jax: error: stopped by SIGINT (Ctrl-C); what was already saved is kept: rerun the "
+      "same command to continue"]
+  assert not (tmp_path / "run").exists()

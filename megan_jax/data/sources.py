@@ -143,7 +143,8 @@ class VideoSequence:
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
         count = sum(1 for packet in container.demux(stream) if packet.size > 0)
     except av.FFmpegError as e:
-      raise DataError(f"{path}: cannot open video ({e})") from e
+      raise DataError(f"{path}: not a video PyAV can read ({e.strerror or type(e).__name__}); "
+                      f"give a file that FFmpeg decodes") from e
     self._count = count
     self._cache = None
     self._cacheable = count * self.width * self.height * 3 <= cache_bytes
@@ -175,7 +176,8 @@ class VideoSequence:
           f"{self.path}: decoding stopped after {self._next} frames, "
           f"expected {self._count}") from e
     except av.FFmpegError as e:
-      raise DataError(f"{self.path}: cannot decode frame {self._next} ({e})") from e
+      raise DataError(f"{self.path}: cannot decode frame {self._next} "
+                      f"({e.strerror or type(e).__name__})") from e
     self._next += 1
     return frame
 
