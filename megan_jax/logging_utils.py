@@ -25,6 +25,7 @@ JSONL_NAME = "metrics.jsonl"
 REPLAYED_NAME = "metrics.replayed.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 PARAMETERS_NAME = "parameters.txt"
+MANIFEST_NAME = "manifest.json"  # what each start ran on (megan_jax/repro.py)
 EARLIER_RUN_DIR = "earlier_run"
 
 
@@ -193,6 +194,8 @@ def written(workdir: str, steps) -> list[tuple[str, str]]:
             for path in [os.path.join(workdir, REPLAYED_NAME)] if os.path.exists(path)],
           *[(path, "the config of the run" if i == 0 else "the config of a resume that changed it")
             for i, path in enumerate(run_config.config_paths(workdir))],
-          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table")] + [
+          (os.path.join(workdir, PARAMETERS_NAME), "the parameter table"),
+          *[(path, "what each start ran on: versions, devices, flags, commit (README, Reproducibility)")
+            for path in [os.path.join(workdir, MANIFEST_NAME)] if os.path.exists(path)]] + [
               (os.path.join(workdir, name), "the logs of an earlier run whose checkpoints are gone")
               for name in sorted(os.listdir(workdir)) if name.startswith(EARLIER_RUN_DIR)]

@@ -24,7 +24,6 @@ import numpy as np
 
 from megan_jax import checkpointing, fingerprint, logging_utils, report
 
-MANIFEST_NAME = "manifest.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 # config fields that do not change what is computed: listed by `compare`, not counted as differences
 NO_EFFECT = ("compare", "eval", "infer", "export", "data.workers", "data.read_threads",
@@ -86,7 +85,7 @@ def config_dict(config) -> dict:
 
 
 def read_manifest(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, MANIFEST_NAME)
+  path = os.path.join(workdir, logging_utils.MANIFEST_NAME)
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8") as f:
@@ -106,7 +105,8 @@ def write_manifest(workdir: str, config, start_step: int, params, batch) -> None
     return
   entry = {"time": time.time(), "start_step": int(start_step), **environment(config),
            "config_hash": fingerprint.json_hash(config_dict(config)), "fingerprints": prints}
-  report.write_json(os.path.join(workdir, MANIFEST_NAME), read_manifest(workdir) + [entry])
+  report.write_json(os.path.join(workdir, logging_utils.MANIFEST_NAME),
+                    read_manifest(workdir) + [entry])
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

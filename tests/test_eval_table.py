@@ -153,7 +153,7 @@ def test_rows_say_what_was_scored(toy, tmp_path):
   config.pretrained = npz
 
   started = str(tmp_path / "started")
-  pretrained.start_workdir(config, started)
+  pretrained.start_workdir(config, started, expected=toy)  # the toy model, not config.model
   out = evaluate.evaluate(config, started)
   assert out["step"] == 0 and list(out["summary"]) == ["TOY (start)", BASELINE]
   with open(os.path.join(out["dir"], "Set", "TOY_start.json"), encoding="utf-8") as f:
