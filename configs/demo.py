@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.clips = ("bigbuckbunny", "bikes")  # embedded clips to train on (data.embedded.CLIPS)
   # downscaling factor per clip
   c.data.prescale = ml_collections.ConfigDict({"bigbuckbunny": 4, "bikes": 2})
+  c.data.stills = ()            # scikit-image photographs moved into clips (data.stills.STILLS)
   c.data.crop = 16
   c.data.workers = 0
   c.data.read_threads = 1
