@@ -7,7 +7,8 @@ configs/demo.py, made by configs/pretrain.py) or the path of a `.npz` written by
 training fine-tunes it (fresh optimiser state and data order) and eval and infer use it as is.
 
 File format: one array per parameter under its '/'-joined tree path ("front/conv_first/kernel"),
-plus "__meta__", a JSON string (config, step, source workdir, date).
+plus "__meta__", a JSON string (config, step, source workdir, date; "started_from": the meta of
+the parameters the run started from, `config.pretrained`, when it had any).
 """
 
 import datetime
@@ -82,7 +83,11 @@ def export(config, workdir: str, config_file: str) -> str:
   `config.export.output` (default WORKDIR/params.npz); returns that path."""
   output = config.export.output or os.path.join(workdir, "params.npz")
   params, step = checkpointing.restore_params(workdir, config.export.step)
-  save(output, params, {"steps": int(step), "workdir": os.path.abspath(workdir),
-                        "config_file": config_file, "model": config.model.to_dict()})
+  meta = {"steps": int(step), "workdir": os.path.abspath(workdir), "config_file": config_file,
+          "model": config.model.to_dict()}
+  if config.pretrained:  # the run fine-tuned these: their history, so steps add up
+    earlier = {k: v for k, v in load(config.pretrained)[1].items() if k != "model"}
+    meta["started_from"] = {"name": config.pretrained, **earlier}
+  save(output, params, meta)
   progress.note(f"wrote {output} (the parameters of step {step} of {workdir})")
   return output
