@@ -3,8 +3,8 @@ r"""CPU demo: the packaged small MEGAN, fine-tuned briefly, scored on a held-out
     python -m megan_jax.main --config=configs/demo.py --workdir=/tmp/megan_demo
 
 Starts from the packaged parameters `demo_small` (made by configs/pretrain.py: this model trained
-for 1200 steps on Big Buck Bunny, Bikes and 8 Vimeo-90K septuplets; see
-docs/BENCHMARKS.md), fine-tunes them for 60 steps on Big Buck Bunny (downscaled 4x) and Bikes (2x),
+for 1200 steps on Big Buck Bunny, Bikes and 8 Vimeo-90K septuplets, then 750 more with
+scikit-image's photographs added; see docs/BENCHMARKS.md), fine-tunes them for 60 steps on Big Buck Bunny (downscaled 4x) and Bikes (2x),
 then scores on Carphone, which neither training ever sees: the fine-tuned model, the packaged one
 and bicubic + frame blending in one table, with side-by-side crops, under WORKDIR/eval/.
 Rerunning the command resumes (or, when training is complete, only evaluates).
@@ -35,8 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.nlrb_embed = 8
   c.model.hr_features = 16      # the x4-resolution convs dominate a narrow model's cost
   c.model.global_residual = True  # learn the correction to bicubic + blending (see models/megan.py)
-  # demo_small was trained with LMGA's readings before issue 18 (docs/ARCHITECTURE.md): kept until
-  # the packaged model is retrained with the defaults.
+  # demo_small was trained with LMGA's readings before issue 18 (docs/ARCHITECTURE.md), and
+  # continued in them (issue 19): kept until the packaged model is retrained with the defaults.
   c.model.lmga_pool = "others"
   c.model.lmga_output = "concat"
   # Charbonnier's eps: the paper's 1e-3 makes the loss L1-like, whose best correction to the
@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.clips = ("bigbuckbunny", "bikes")  # embedded clips to train on (data.embedded.CLIPS)
   c.data.prescale = ml_collections.ConfigDict(
       {"bigbuckbunny": 4, "bikes": 2})  # downscaling factor per embedded clip
+  c.data.stills = ()            # scikit-image photographs moved into clips (data.stills.STILLS)
   c.data.crop = 16
   c.data.workers = 0
   c.data.read_threads = 1

