@@ -58,7 +58,7 @@ def test_pretrained_that_does_not_fit_is_refused_before_anything_is_written(data
   assert not checkpointing.has_checkpoints(workdir)
   demo = _demo_config()  # ... and in configs/demo.py's model it fits
   assert pretrained.start_workdir(demo, workdir, announce=False).startswith(
-      "the parameters demo_small (1200 steps of ")
+      "the parameters demo_small (1200 + 750 steps of configs/pretrain.py)")
   assert checkpointing.make_manager(workdir, create=False).all_steps() == [0]
 
 
@@ -147,3 +147,12 @@ def test_changed_configs_and_logs_of_a_deleted_run_are_kept(data_root, tmp_path,
   assert _config_json(os.path.join(aside, "config.1.json"))["batch_size"] == 2
   assert [r["step"] for r in logging_utils.read_jsonl(workdir)] == [1, 2, 3, 4]
   assert _config_json(first)["batch_size"] == 2 and not os.path.exists(second)
+
+
+def test_training_history_reads_the_started_from_chain():
+  """A parameter file's history, hand-written: stages earliest first, one config or several."""
+  one = {"steps": 750, "config_file": "c.py", "started_from": {"steps": 1200, "config_file": "c.py"}}
+  assert pretrained.training(one) == "1200 + 750 steps of c.py"
+  two = {"steps": 60, "config_file": "d.py", "started_from": one}
+  assert pretrained.training(two) == "1200 steps of c.py, then 750 of c.py, then 60 of d.py"
+  assert pretrained.training({"steps": 5, "config_file": "c.py"}) == "5 steps of c.py"

@@ -111,11 +111,24 @@ def _misfit(config, name: str, path: str, meta: dict, diff: str, workdir: str) -
       f"to {workdir}")
 
 
+def training(meta: dict) -> str:
+  """The training behind a parameter file, earliest stage first, from its "started_from" chain:
+  "1200 + 750 steps of configs/pretrain.py" (one config), else "1200 steps of A, then 750 of B"."""
+  stages = []
+  while meta and "steps" in meta:
+    stages.insert(0, (meta["steps"], meta.get("config_file", "an unknown config")))
+    meta = meta.get("started_from")
+  if len({config_file for _, config_file in stages}) == 1:
+    return f"{' + '.join(str(steps) for steps, _ in stages)} steps of {stages[0][1]}"
+  return ", then ".join(f"{steps} {'steps ' if i == 0 else ''}of {config_file}"
+                        for i, (steps, config_file) in enumerate(stages))
+
+
 def start_workdir(config, workdir: str, expected=None, announce: bool = True) -> str | None:
   """Makes `config.pretrained` the step-0 checkpoint of `workdir` when it holds none yet, once its
   arrays match `expected` (a parameter tree of arrays or ShapeDtypeStructs; default:
-  `expected_params(config)`). Returns what it started from ("the parameters demo_small (1200 steps
-  of configs/pretrain.py)"), noted on screen when `announce`, or None when it wrote nothing."""
+  `expected_params(config)`). Returns what it started from ("the parameters demo_small (1200 + 750
+  steps of configs/pretrain.py)"), noted on screen when `announce`, or None when it wrote nothing."""
   name = config.pretrained
   if not name or checkpointing.has_checkpoints(workdir):
     return None
@@ -126,7 +139,7 @@ def start_workdir(config, workdir: str, expected=None, announce: bool = True) ->
     raise _misfit(config, name, resolve(name), meta, diff, workdir)
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     checkpointing.save_params(workdir, params)
-  trained = f" ({meta['steps']} steps of {meta['config_file']})" if "steps" in meta else ""
+  trained = f" ({training(meta)})" if "steps" in meta else ""
   source = f"the parameters {name}{trained}"
   if announce:
     progress.note(f"starting {workdir} from {source}")
