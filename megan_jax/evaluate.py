@@ -1,4 +1,4 @@
-"""Evaluation with the standard STVSR protocol (Zooming Slow-Mo, MEGAN Sec. 4, "Experimental Setup").
+"""Evaluation with the standard STVSR protocol (Zooming Slow-Mo, MEGAN Sec. 4, setup).
 
 A sequence is cut into windows of 2n+1 = 7 GT frames with stride 6 plus a tail window that ends
 at the final frame (`data.windows.stvsr_windows`); the GT is modcropped to 4, the n+1 = 4 LR
