@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from megan_jax import checkpointing, fingerprint, logging_utils, report
+from megan_jax import checkpointing, fingerprint, logging_utils, report, run_config
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 # config fields that do not change what is computed: listed by `compare`, not counted as differences
@@ -109,20 +109,10 @@ def write_manifest(workdir: str, config, start_step: int, params, batch) -> None
                     read_manifest(workdir) + [entry])
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _diff(a: dict, b: dict) -> dict[str, str]:
   """{key: "value_a vs value_b"} of the flattened keys whose values differ (a key one side lacks
   counts as None: a config field added since, unset)."""
-  a, b = _flat(a), _flat(b)
+  a, b = run_config.flat(a), run_config.flat(b)
   return {k: f"{a.get(k)!r} vs {b.get(k)!r}"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
@@ -150,7 +140,7 @@ def _read_run(workdir: str) -> tuple[dict, list[dict], dict[int, dict]]:
   logged = {}
   for r in records:
     logged.setdefault(r["step"], {}).update(
-        {k: v for k, v in _flat(r).items() if k != "step" and k not in TIMING})
+        {k: v for k, v in run_config.flat(r).items() if k != "step" and k not in TIMING})
   return config, manifest, logged
 
 

@@ -36,11 +36,12 @@ def load_latest(workdir: str) -> tuple[str, dict] | None:
   return None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat(tree: dict, prefix: str = "") -> dict:
+  """{"a.b": value} for the nested dict {"a": {"b": value}}."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
+      out.update(flat(value, f"{prefix}{key}."))
     else:
       out[prefix + key] = value
   return out
@@ -48,7 +49,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def changed_fields(old: dict, new: dict) -> list[str]:
   """["batch_size (4 -> 8)", ...] for the dotted fields whose values differ."""
-  old, new = _flat(old), _flat(new)
+  old, new = flat(old), flat(new)
   return [f"{k} ({old.get(k, 'absent')!r} -> {new.get(k, 'absent')!r})"
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
