@@ -10,7 +10,9 @@ loss) is the variant's training config, `configs/vimeo.py:<variant>` (`megan_jax
 The batch and the training crop default to that config's too (batch_size, data.crop, and
 eval.batch_size for infer). Each cell is compiled, warmed up and timed (`megan_jax.bench.measure`):
 median ms, items/s (output frames for infer, clips for train), compile time, FLOPs of the
-loop-free twin, TFLOP/s and peak memory. --flops-only only lowers: it counts the FLOPs of
+loop-free twin, TFLOP/s, the ratio of that TFLOP/s to a plain 3x3 conv of the model's width on the
+same frames timed right after the cell ("vs 3x3 conv", `programs.ceiling_program`) and peak
+memory. --flops-only only lowers: it counts the FLOPs of
 accelerator-sized cells on a CPU.
 
 Each cell runs in a fresh subprocess (the device's peak memory is then the cell's) unless
@@ -140,16 +142,17 @@ def plan(args) -> list[Cell]:
 
 
 def _figures(r: dict) -> list[str]:
-  """ms, items/s, compile s, GFLOP, TFLOP/s and peak MiB of a result, as printed."""
+  """ms, items/s, compile s, GFLOP, TFLOP/s, vs 3x3 conv and peak MiB of a result, as printed."""
   if r["status"] == "flops-only":
-    return ["-", "-", "-", f"{r['flops'] / 1e9:.1f}", "-", "-"]
+    return ["-", "-", "-", f"{r['flops'] / 1e9:.1f}", "-", "-", "-"]
   if r["status"] != "ok":
-    return [r["status"]] + ["-"] * 5
+    return [r["status"]] + ["-"] * 6
   unit = "fps" if r["mode"] == "infer" else "clips/s"
   src = {"memory_stats": "", "memory_analysis": " (est.)"}.get(r["peak_source"], "")
   return [f"{r['ms']:.1f}", f"{r['items_per_s']:.2f} {unit}", f"{r['compile_s']:.1f}",
           f"{r['flops'] / 1e9:.1f}" if r["flops"] else "-",
           f"{r['tflops_per_s']:.3f}" if r["tflops_per_s"] else "-",
+          f"{r['vs_conv3x3']:.2f}" if r.get("vs_conv3x3") else "-",
           (f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-") + src]
 
 
@@ -159,15 +162,17 @@ def cell_line(r: dict) -> str:
     return f"[benchmark] {r['name']}: {_figures(r)[3]} GFLOP (FLOPs only)"
   if r["status"] != "ok":
     return f"[benchmark] {r['name']}: {r['status']} {r.get('error', '')}".rstrip()
-  ms, rate, compile_s, gflop, tflops, peak = _figures(r)
+  ms, rate, compile_s, gflop, tflops, vs_conv, peak = _figures(r)
+  conv = (f" ({vs_conv} x the {r['conv3x3']['tflops_per_s']:.3f} TFLOP/s of a 3x3 conv of its "
+          f"width)" if r.get("vs_conv3x3") else "")
   return (f"[benchmark] {r['name']}: {ms} ms, {rate}, compile {compile_s} s, {gflop} GFLOP, "
-          f"{tflops} TFLOP/s, peak {peak} MiB")
+          f"{tflops} TFLOP/s{conv}, peak {peak} MiB")
 
 
 def table(results: list[dict]) -> str:
   """A markdown table of the results."""
   head = ("| mode | variant | dtype | LR size | batch | ms | items/s | compile s | GFLOP | TFLOP/s "
-          "| peak MiB |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+          "| vs 3x3 conv | peak MiB |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
   rows = ["| " + " | ".join([r["mode"], r["variant"], r["dtype"], r["size"], str(r["batch"])]
                             + _figures(r)) + " |" for r in results]
   return "\n".join([head] + rows)
@@ -223,7 +228,8 @@ def _run_child(args) -> dict:
   cell = Cell(spec["mode"], spec["variant"], spec["dtype"], tuple(spec["size"]), spec["batch"],
               tuple(tuple(o) for o in spec["overrides"]), spec["config"])
   result = measure.run_cell(cell, programs.PROGRAMS[cell.mode], warmup=args.warmup,
-                            repeats=args.repeats, profile_dir=args.profile)
+                            repeats=args.repeats, profile_dir=args.profile,
+                            make_ceiling=programs.PROGRAMS["ceiling"])
   report.write_json(args.cell_out, result)
   return result
 
@@ -287,7 +293,7 @@ def main(argv=None, make_programs=None) -> dict:
         else:
           result = measure.run_cell(cell, make_programs[cell.mode], warmup=args.warmup,
                                     repeats=args.repeats, profile_dir=args.profile,
-                                    device_peak=False)
+                                    device_peak=False, make_ceiling=make_programs.get("ceiling"))
         results.append(result)
         print(cell_line(result), flush=True)
         longest = max(longest, time.monotonic() - start - elapsed)

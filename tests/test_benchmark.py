@@ -39,6 +39,7 @@ def test_end_to_end_tiny(tmp_path, capsys):
     assert RESULT_KEYS <= r.keys() and r["status"] == "ok"
     assert r["ms"] > 0 and r["compile_s"] > 0 and len(r["times_ms"]) == 2
     assert r["flops"] > 0 and r["tflops_per_s"] > 0 and r["peak_bytes"] > 0
+    assert r["vs_conv3x3"] == pytest.approx(r["tflops_per_s"] / r["conv3x3"]["tflops_per_s"])
   infer, train = saved["results"]
   assert infer["items_per_s"] == pytest.approx(7 * 1e3 / infer["ms"])   # 7 output frames per window
   assert train["items_per_s"] == pytest.approx(1 * 1e3 / train["ms"])   # 1 clip per step
@@ -59,6 +60,19 @@ def test_flops_of_one_conv_match_the_hand_count():
   # XLA skips the taps that fall in the zero padding: (1 - 1/64)^2 of the hand count here.
   assert result["flops"] == pytest.approx(expected, rel=0.03)
   assert result["tflops_per_s"] == pytest.approx(result["flops"] / result["ms"] / 1e9)
+
+
+@pytest.mark.parametrize("mode,passes", [("infer", 1), ("train", 3)])
+def test_the_conv_ceiling_is_a_3x3_conv_of_the_model_width(mode, passes):
+  """infer: one forward conv; train: forward + the input and kernel gradients, 3 convs' FLOPs."""
+  nf, frames, (h, w) = model_config("tiny").nf, 2 * 7, (16, 16)
+  cell = programs.Cell(mode, "tiny", "float32", (h, w), 2)
+  program = programs.ceiling_program(cell)
+  assert program.args[0].shape == (frames, h, w, nf) and program.args[1].shape == (3, 3, nf, nf)
+  flops = measure.count_flops(program)
+  # XLA skips the taps that fall in the zero padding: (1 - 1/16)^2 of the hand count at 16x16.
+  assert flops == pytest.approx(passes * 2 * frames * h * w * nf * nf * 9, rel=0.15)
+  assert flops >= passes * 2 * frames * (h - 2) * (w - 2) * nf * nf * 9
 
 
 def test_flops_only_counts_loops_at_their_trip_count():

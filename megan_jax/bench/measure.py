@@ -116,10 +116,20 @@ def record(cell: Cell) -> dict:
           "overrides": dict(cell.overrides), "name": cell.name}
 
 
+def ceiling(program: Program, tflops_per_s: float | None, *, warmup: int, repeats: int) -> dict:
+  """The cell's 3x3-conv ceiling (`programs.ceiling_program`), timed right after the cell: its
+  ms and TFLOP/s, and "vs_conv3x3", the cell's TFLOP/s over the conv's."""
+  m = measure(program, warmup=warmup, repeats=repeats, device_peak=False)
+  ratio = tflops_per_s / m["tflops_per_s"] if tflops_per_s and m["tflops_per_s"] else None
+  return {"conv3x3": {k: m[k] for k in ("ms", "flops", "tflops_per_s")}, "vs_conv3x3": ratio}
+
+
 def run_cell(cell: Cell, make_program: Callable[[Cell], Program], *, warmup: int, repeats: int,
              profile_dir: str | None = None, device_peak: bool = True,
-             flops_only: bool = False) -> dict:
-  """Measures one cell in this process; an error becomes status "OOM" (out of memory) or "error"."""
+             flops_only: bool = False,
+             make_ceiling: Callable[[Cell], Program] | None = None) -> dict:
+  """Measures one cell in this process (and its conv ceiling, if `make_ceiling`); an error
+  becomes status "OOM" (out of memory) or "error"."""
   result = record(cell)
   print(f"[benchmark] {cell.name} ...", file=sys.stderr, flush=True)
   try:
@@ -130,6 +140,9 @@ def run_cell(cell: Cell, make_program: Callable[[Cell], Program], *, warmup: int
     else:
       result.update(measure(program, warmup=warmup, repeats=repeats, profile_dir=trace,
                             device_peak=device_peak), **_device())
+      if make_ceiling is not None:
+        result.update(ceiling(make_ceiling(cell), result["tflops_per_s"], warmup=warmup,
+                              repeats=repeats))
   except Exception as exc:  # pylint: disable=broad-except
     if not is_oom(exc):
       traceback.print_exc()

@@ -9,6 +9,12 @@ paper setting changes what the benchmark measures with it.
 - train: one `megan_jax.train` step (forward, backward, optimiser update) on B clips of
   (n+1) x crop x crop LR and (2n+1) x 4crop x 4crop GT frames; items are clips. One device.
 
+Beside each cell the benchmark times its ceiling (`ceiling_program`): one plain 3x3 convolution of
+the model's width `nf`, in and out, over the cell's frames at its LR size, forward for infer and
+forward + both gradients for train. Its FLOP/s is what this machine reaches on the model's
+cheapest dense op at that width and batch; the cell's FLOP/s over it ("vs 3x3 conv") is the
+efficiency figure (issue 19: raise it where it is cheap).
+
 XLA counts a while loop's body once whatever its trip count, so FLOPs are counted on a loop-free
 twin of the program (the ConvLSTM scan unrolled, the non-local attention unchunked, the `jnp`
 deformable sampling: the same arithmetic), which is lowered but never compiled.
@@ -144,4 +150,28 @@ def train_program(cell: Cell) -> Program:
                  items_per_call=cell.batch, threads_state=True)
 
 
-PROGRAMS = {"infer": infer_program, "train": train_program}
+def ceiling_program(cell: Cell) -> Program:
+  """A 3x3 conv, nf -> nf channels, SAME, over the cell's B x frames at its LR size (see above).
+
+  infer: the forward conv on B * (2n+1) frames of h x w (the frames of the model's feature stages);
+  train: the conv with the gradients of its input and kernel (what backpropagation adds to each
+  conv of a train step) on B * (2n+1) frames of crop x crop.
+  """
+  config = run_config(cell)
+  nf, dtype = config.model.nf, config.model.dtype
+  frames = cell.batch * (2 * config.data.num_input_frames - 1)
+  key_x, key_k = jax.random.split(jax.random.key(2))
+  x = jax.random.uniform(key_x, (frames,) + cell.size + (nf,), dtype=dtype)  # (B*(2n+1), h, w, nf)
+  kernel = jax.random.normal(key_k, (3, 3, nf, nf), dtype=dtype) / (3 * nf ** 0.5)  # (3, 3, nf, nf)
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if cell.mode == "infer":
+    fn = jax.jit(conv)
+  else:
+    # A squared loss: its cotangent is the conv's output, so the forward conv is computed too.
+    loss = lambda x, k: 0.5 * jnp.sum(jnp.square(conv(x, k).astype(jnp.float32)))
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return Program(fn, (x, kernel), None, (), items_per_call=frames)
+
+
+PROGRAMS = {"infer": infer_program, "train": train_program, "ceiling": ceiling_program}
