@@ -100,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict()
   c.export.output = placeholder(str)  # --mode=export writes the parameters here; None: WORKDIR/params.npz
   c.export.step = placeholder(int)    # checkpoint to export; None: the latest
+  c.export.overwrite = False         # replace an existing output file; False: refuse
 
   c.infer = ml_collections.ConfigDict()
   c.infer.input = placeholder(str)   # a video file or a folder of frames

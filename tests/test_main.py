@@ -177,6 +177,24 @@ def test_export_to_a_folder_is_refused_before_reading(tmp_path):
   assert os.listdir(folder) == []
 
 
+def test_export_never_replaces_a_file_unless_asked(tmp_path):
+  """An existing export output is refused before the workdir is read; overwrite=True replaces it."""
+  target = tmp_path / "mine.npz"
+  target.write_bytes(b"a user's file")
+  workdir = tmp_path / "run"
+  proc = _main("--mode=export", "--config=configs/vimeo.py:tiny", f"--workdir={workdir}",
+               f"--config.export.output={target}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"megan_jax: error: config.export.output: {target} exists; choose another path or set "
+      f"--config.export.overwrite=True to replace it"]
+  assert target.read_bytes() == b"a user's file" and not workdir.exists()
+  proc = _main("--mode=export", "--config=configs/vimeo.py:tiny", f"--workdir={workdir}",
+               f"--config.export.output={target}", "--config.export.overwrite=True")
+  assert proc.returncode != 0 and "exists" not in proc.stderr  # on to the (empty) workdir
+  assert target.read_bytes() == b"a user's file"  # nothing to export: the file is kept
+
+
 def test_a_failed_export_write_leaves_no_temporary_file(tmp_path):
   target = tmp_path / "taken.npz"
   target.mkdir()  # os.replace cannot put a file over a folder

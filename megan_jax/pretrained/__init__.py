@@ -127,8 +127,8 @@ def training(meta: dict) -> str:
 def start_workdir(config, workdir: str, expected=None, announce: bool = True) -> str | None:
   """Makes `config.pretrained` the step-0 checkpoint of `workdir` when it holds none yet, once its
   arrays match `expected` (a parameter tree of arrays or ShapeDtypeStructs; default:
-  `expected_params(config)`). Returns what it started from ("the parameters demo_small (1200 + 750
-  steps of configs/pretrain.py)"), noted on screen when `announce`, or None when it wrote nothing."""
+  `expected_params(config)`). Returns what it started from ("the parameters demo_small (6000 steps
+  of configs/pretrain.py)"), noted on screen when `announce`, or None when it wrote nothing."""
   name = config.pretrained
   if not name or checkpointing.has_checkpoints(workdir):
     return None
@@ -148,12 +148,16 @@ def start_workdir(config, workdir: str, expected=None, announce: bool = True) ->
 
 def export(config, workdir: str, config_file: str) -> str:
   """Writes the parameters of checkpoint `config.export.step` (default: the latest) of `workdir` to
-  `config.export.output` (default WORKDIR/params.npz); returns that path."""
+  `config.export.output` (default WORKDIR/params.npz; an existing file only if
+  `config.export.overwrite`, checked before anything is read); returns that path."""
   output = config.export.output or os.path.join(workdir, "params.npz")
   if not output.endswith(".npz") and not os.path.isdir(output):  # a folder: writable_file says so
     raise ValueError(f"config.export.output: {output} does not end in .npz; give a .npz file path "
                      f"(config.pretrained reads .npz files)")
   output = paths.writable_file(output, "config.export.output")
+  if os.path.exists(output) and not config.export.get("overwrite", False):
+    raise FileExistsError(f"config.export.output: {output} exists; choose another path or set "
+                          f"--config.export.overwrite=True to replace it")
   params, step = checkpointing.restore_params(workdir, config.export.step)
   meta = {"steps": int(step), "workdir": os.path.abspath(workdir), "config_file": config_file,
           "model": config.model.to_dict()}
