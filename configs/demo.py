@@ -29,16 +29,12 @@ HELD_OUT = "carphone_pristine"
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
-  c = vimeo.get_config("small")
-  c.model.nf = 16
-  c.model.groups = 2
-  c.model.nlrb_embed = 8
-  c.model.hr_features = 16      # the x4-resolution convs dominate a narrow model's cost
+  c = vimeo.get_config("small")  # nf 32, 4 groups, 1 NLRB (embedding 16), 2 PFRDBs, 4 RBs
+  c.model.hr_features = 32      # the convs after the first PixelShuffle (64 in the paper)
   c.model.global_residual = True  # learn the correction to bicubic + blending (see models/megan.py)
-  # demo_small was trained with LMGA's readings before issue 18 (docs/ARCHITECTURE.md), and
-  # continued in them (issue 19): kept until the packaged model is retrained with the defaults.
-  c.model.lmga_pool = "others"
-  c.model.lmga_output = "concat"
+  # The ConvLSTM's 2n+1 = 7 steps unrolled: XLA:CPU then fuses across steps, and a train step
+  # takes a third of the time of the rolled loop (docs/BENCHMARKS.md, issue 19); same arithmetic.
+  c.model.scan_unroll = 7
   # Charbonnier's eps: the paper's 1e-3 makes the loss L1-like, whose best correction to the
   # baseline is the median residual, zero on most pixels: a small model trained briefly stays at
   # the baseline (measured: no gain after 600 steps). 0.05 makes it quadratic (MSE-like, the

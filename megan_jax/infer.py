@@ -39,7 +39,7 @@ from megan_jax.data.sources import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DataErro
                                     FrameFolderSequence, Sequence, VideoSequence)
 from megan_jax.predict import restore_predict_fn
 from megan_jax.stop_signals import stop_on_signals
-from megan_jax.progress import bar as progress_bar
+from megan_jax.progress import bar as progress_bar, note
 
 OUTPUT_VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
 DEFAULT_FOLDER_FPS = 30
@@ -204,6 +204,11 @@ def _is_video(output: str) -> bool:
   return False
 
 
+def frames_temp(output: str) -> str:
+  """The folder a frame-folder output is written in before its frames are moved into place."""
+  return os.path.join(output, f".partial-{os.getpid()}")
+
+
 def _check_output(output: str, is_video: bool, ic) -> None:
   """Refuses an output that is the input, or that exists, unless config.infer.overwrite."""
   if paths.same_path(output, ic.input):
@@ -215,6 +220,9 @@ def _check_output(output: str, is_video: bool, ic) -> None:
   if is_video and not os.path.isdir(output):
     raise FileExistsError(f"config.infer.output: {output} already exists; {advice} it")
   entries = os.listdir(output) if os.path.isdir(output) else []
+  # A killed run's temporary folder in it is no user's: `_write` removes it (paths.staged).
+  stale = paths.stale_temporaries(frames_temp(output))
+  entries = [e for e in entries if os.path.join(output, e) not in stale]
   frames = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)]
   if entries:
     raise FileExistsError(f"config.infer.output: the folder {output} already holds {len(entries)} "
@@ -258,12 +266,12 @@ def _write(plan: Plan, frames) -> str:
   """Writes `frames` to plan.output via a temporary name; returns what was written, in words."""
   rate = 2 * plan.rate if plan.time == "2x" else plan.rate
   if plan.is_video:
-    with paths.staged(plan.output) as temp:
+    with paths.staged(plan.output, note=note) as temp:
       count = write_video(frames, temp, rate)
     kind = ""
   else:
-    temp = os.path.join(plan.output, f".partial-{os.getpid()}")
-    with paths.staged(plan.output, temp, finish=_replace_frames):
+    temp = frames_temp(plan.output)
+    with paths.staged(plan.output, temp, finish=_replace_frames, note=note):
       count = write_pngs(frames, temp)
     kind = "PNG "
   n = plan.sequence.num_frames

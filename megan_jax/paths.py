@@ -86,15 +86,48 @@ def _remove(path: str) -> None:
     os.remove(path)
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def stale_temporaries(temp: str) -> list[str]:
+  """The temporaries that runs killed without a chance to clean up (kill -9, a power cut) left
+  beside `temp`: the same name with another PID after "partial-", whose process no longer runs.
+  A temporary of a process still running is not one."""
+  folder, name = os.path.split(temp)
+  prefix, mark, suffix = name.partition(f"partial-{os.getpid()}")
+  if not mark or not os.path.isdir(folder):
+    return []
+  found = []
+  for entry in sorted(os.listdir(folder)):
+    pid = entry[len(prefix) + len("partial-"):len(entry) - len(suffix) or None]
+    if (entry != name and entry.startswith(prefix + "partial-") and entry.endswith(suffix)
+        and pid.isdigit() and not _alive(int(pid))):
+      found.append(os.path.join(folder, entry))
+  return found
+
+
 @contextlib.contextmanager
-def staged(path: str, temp: str | None = None, finish=os.replace):
+def staged(path: str, temp: str | None = None, finish=os.replace, note=None):
   """Yields a temporary name (`temp`, default `partial_name(path)`) to write `path` under.
 
   When the block completes, `finish(temp, path)` moves the result into place (default: a rename,
   atomic on one file system); when the block or `finish` raises (KeyboardInterrupt and the
-  exceptions of signal handlers included), whatever was written under `temp` is removed.
+  exceptions of signal handlers included), whatever was written under `temp` is removed. The
+  temporaries of killed earlier runs beside it are removed first (`stale_temporaries`), each reported
+  to `note` (a function of one line) when given.
   """
   temp = temp or partial_name(path)
+  for stale in stale_temporaries(temp):
+    _remove(stale)
+    if note:
+      note(f"removed {stale}, left by an earlier run that was killed while writing {path}")
   try:
     yield temp
     finish(temp, path)

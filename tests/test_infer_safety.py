@@ -103,6 +103,46 @@ def test_existing_video_is_kept_unless_overwrite(tmp_path, source):
   assert sorted(os.listdir(tmp_path)) == ["out.mp4", "src"]  # no temporary file left
 
 
+def _dead_pid():
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()
+  return child.pid  # exited and reaped: no process has it (until the system reuses it)
+
+
+@pytest.mark.parametrize("output_name", ["out.mp4", "frames"])
+def test_temporaries_of_killed_runs_are_removed_and_said(tmp_path, source, output_name, capsys):
+  """A run killed by SIGKILL cannot remove its temporary; the next run writing there does, and
+  says so. A temporary of a process that still runs (another infer) is left alone, and in a frame
+  folder it is an entry like any other (the folder is refused unless overwrite)."""
+  output = tmp_path / output_name
+  alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    if output_name == "frames":
+      output.mkdir()
+      dead, live = output / f".partial-{_dead_pid()}", output / f".partial-{alive.pid}"
+      dead.mkdir()
+    else:
+      dead = tmp_path / f".out.mp4.partial-{_dead_pid()}.mp4"
+      live = tmp_path / f".out.mp4.partial-{alive.pid}.mp4"
+      dead.write_bytes(b"half a video")
+      live.write_bytes(b"half another")
+    _run(_config(source, output), tmp_path)
+    assert not dead.exists()
+    assert f"removed {dead}, left by an earlier run that was killed while writing" in (
+        capsys.readouterr().out)
+    if output_name == "frames":
+      live.mkdir()
+      with pytest.raises(FileExistsError, match=r"already holds 10 entries \(9 of them images\)"):
+        _run(_config(source, output), tmp_path)
+    else:
+      os.remove(output)
+      _run(_config(source, output), tmp_path)
+    assert live.exists()
+  finally:
+    alive.kill()
+    alive.wait()
+
+
 def test_frame_folder_with_frames_is_kept_unless_overwrite(tmp_path, source):
   output = infer_fakes.write_frames(tmp_path / "out", _frames(23, seed=1), name="{:06d}.png")
   (tmp_path / "out" / "notes.txt").write_text("mine")

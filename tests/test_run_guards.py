@@ -52,13 +52,13 @@ def test_pretrained_that_does_not_fit_is_refused_before_anything_is_written(data
   assert "use --config=configs/demo.py with its model fields (--config.model." in message
   demo_model = _demo_config().model
   named = dict(re.findall(r"--config\.model\.(\w+)=([^\s)]+)", message))
-  assert named["nf"] == str(demo_model.nf) == "16"
+  assert named["nf"] == str(demo_model.nf) == "32"
   assert all(str(demo_model[k]) == v and tiny.model[k] != demo_model[k]
              for k, v in named.items())
   assert not checkpointing.has_checkpoints(workdir)
   demo = _demo_config()  # ... and in configs/demo.py's model it fits
   assert pretrained.start_workdir(demo, workdir, announce=False).startswith(
-      "the parameters demo_small (1200 + 750 steps of configs/pretrain.py)")
+      "the parameters demo_small (6000 steps of configs/pretrain.py)")
   assert checkpointing.make_manager(workdir, create=False).all_steps() == [0]
 
 
