@@ -17,8 +17,9 @@ accelerator-sized cells on a CPU.
 
 Each cell runs in a fresh subprocess (the device's peak memory is then the cell's) unless
 --no-isolate. A cell's figures are printed as it finishes; --json=FILE is rewritten after every
-cell ("complete": false until the last). SIGTERM or SIGINT (Ctrl-C) stops the whole run, the cell
-subprocess included, writes the JSON of the finished cells and exits with 128 + the signal number.
+cell ("complete": false until the last). SIGTERM, SIGHUP or SIGINT (Ctrl-C) stops the whole run,
+the cell subprocess included (`stop_signals.stop_on_signals`), writes the JSON of the finished
+cells and exits with 128 + the signal number.
 --time-budget=SECONDS starts no cell that could end past the budget (judged by the longest cell so
 far in this run) and records the rest as "skipped"; --deadline=UNIX_SECONDS does the same against a
 wall-clock time, so several runs chained in one job share one limit:
@@ -40,7 +41,7 @@ import time
 
 import jax
 
-from megan_jax import report
+from megan_jax import report, stop_signals
 from megan_jax.bench import measure, programs
 from megan_jax.bench.programs import Cell
 from megan_jax.models import VARIANTS
@@ -51,37 +52,6 @@ PRESETS = {
     "cpu_small": dict(variants="small,megan", sizes="32x32,64x64", dtypes="float32,bfloat16",
                       batch=2, crop=16, warmup=1, repeats=3),
 }
-
-
-class Stopped(Exception):
-  """SIGTERM or SIGINT arrived: the run stops after writing what it finished."""
-
-  def __init__(self, signum: int):
-    super().__init__(signal.Signals(signum).name)
-    self.signum = signum
-
-
-class _StopOnSignals:
-  """SIGTERM and SIGINT raise Stopped in the main thread (once: later ones are ignored, so that the
-  cleanup they started is not interrupted); the previous handlers come back on exit."""
-
-  def __init__(self):
-    self._previous, self._raised = {}, False
-
-  def _handle(self, signum, frame):
-    del frame
-    if not self._raised:
-      self._raised = True
-      raise Stopped(signum)
-
-  def __enter__(self):
-    for s in measure.STOP_SIGNALS:
-      self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -277,7 +247,7 @@ def main(argv=None, make_programs=None) -> dict:
     return summary
 
   try:
-    with _StopOnSignals():
+    with stop_signals.stop_on_signals("the benchmark"):
       for cell in cells:
         elapsed = time.monotonic() - start
         if over := [flag for limit, flag in limits if elapsed + longest > limit]:
@@ -298,8 +268,8 @@ def main(argv=None, make_programs=None) -> dict:
         print(cell_line(result), flush=True)
         longest = max(longest, time.monotonic() - start - elapsed)
         write_report(complete=False)
-  except (Stopped, KeyboardInterrupt) as e:
-    signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+  except (stop_signals.Interrupted, KeyboardInterrupt) as e:
+    signum = e.exit_code - 128 if isinstance(e, stop_signals.Interrupted) else signal.SIGINT
     name = signal.Signals(signum).name
     write_report(complete=False, stopped_by=name)
     print(f"\nstopped by {name} after {len(results)} of {len(cells)} cells\n\n{table(results)}")

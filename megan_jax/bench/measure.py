@@ -23,11 +23,11 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from megan_jax import stop_signals
 from megan_jax.bench import profile
 from megan_jax.bench.programs import Cell, Program
 
 _STOP_GRACE_S = 10  # how long a stopped cell subprocess may take to exit before it is killed
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def total_flops(cost) -> float | None:
@@ -187,10 +187,10 @@ def run_cell_isolated(cell: Cell, *, warmup: int, repeats: int, profile_dir: str
 
 
 def _start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, list[int]]:
-  """Starts a cell subprocess in its own session, holding SIGTERM and SIGINT back meanwhile (an
+  """Starts a cell subprocess in its own session, holding the stop signals back meanwhile (an
   exception raised inside Popen would lose the child); returns it and the signals held back."""
   held = []
-  previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in STOP_SIGNALS}
+  previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in stop_signals.SIGNALS}
   try:
     child = subprocess.Popen(cmd, env=env, start_new_session=True)  # pylint: disable=R1732
     return child, held
