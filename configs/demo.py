@@ -3,12 +3,13 @@ r"""CPU demo: the packaged small MEGAN, fine-tuned briefly, scored on a held-out
     python -m megan_jax.main --config=configs/demo.py --workdir=/tmp/megan_demo
 
 Starts from the packaged parameters `demo_small` (made by configs/pretrain.py: this model trained
-for 1200 steps on Big Buck Bunny, Bikes and 8 Vimeo-90K septuplets, then 750 more with
-scikit-image's photographs added; see docs/BENCHMARKS.md), fine-tunes them for 60 steps on Big Buck Bunny (downscaled 4x) and Bikes (2x),
-then scores on Carphone, which neither training ever sees: the fine-tuned model, the packaged one
-and bicubic + frame blending in one table, with side-by-side crops, under WORKDIR/eval/.
+from scratch for 6000 steps on Big Buck Bunny, Bikes, scikit-image's photographs and 8 Vimeo-90K
+septuplets; see docs/BENCHMARKS.md), fine-tunes them for 60 steps on Big Buck Bunny (downscaled
+4x) and Bikes (2x), then scores on Carphone, which neither training ever sees: the fine-tuned
+model, the packaged one and bicubic + frame blending in one table, with side-by-side crops, under
+WORKDIR/eval/.
 Rerunning the command resumes (or, when training is complete, only evaluates).
-`--config.pretrained=None` trains from scratch instead (a few hundred CPU steps stay at the
+`--config.pretrained=None` trains from scratch instead (the first 800 or so CPU steps stay at the
 baseline's level: the model starts from it, `model.global_residual`).
 """
 
