@@ -106,7 +106,7 @@ def stale_temporaries(temp: str) -> list[str]:
     return []
   found = []
   for entry in sorted(os.listdir(folder)):
-    pid = entry[len(prefix) + len("partial-"):len(entry) - len(suffix) or None]
+    pid = entry[len(prefix) + len("partial-"):len(entry) - len(suffix)]
     if (entry != name and entry.startswith(prefix + "partial-") and entry.endswith(suffix)
         and pid.isdigit() and not _alive(int(pid))):
       found.append(os.path.join(folder, entry))

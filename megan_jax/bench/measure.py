@@ -190,7 +190,8 @@ def _start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, list[int]]:
   """Starts a cell subprocess in its own session, holding the stop signals back meanwhile (an
   exception raised inside Popen would lose the child); returns it and the signals held back."""
   held = []
-  previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in stop_signals.SIGNALS}
+  previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+              for s in stop_signals.SIGNALS}
   try:
     child = subprocess.Popen(cmd, env=env, start_new_session=True)  # pylint: disable=R1732
     return child, held

@@ -155,7 +155,7 @@ def export(config, workdir: str, config_file: str) -> str:
     raise ValueError(f"config.export.output: {output} does not end in .npz; give a .npz file path "
                      f"(config.pretrained reads .npz files)")
   output = paths.writable_file(output, "config.export.output")
-  if os.path.exists(output) and not config.export.get("overwrite", False):
+  if os.path.exists(output) and not config.export.overwrite:
     raise FileExistsError(f"config.export.output: {output} exists; choose another path or set "
                           f"--config.export.overwrite=True to replace it")
   params, step = checkpointing.restore_params(workdir, config.export.step)
