@@ -44,14 +44,15 @@ def _scores(data_root, params, **predict_args) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """The toy model trained 4 steps (checkpoints 2 and 4) with config.final_eval: (data_root,
-  workdir). The toy model stands in for MEGAN in training and in evaluation."""
+  workdir, the folders of WORKDIR/eval right after training, before any test adds one). The toy
+  model stands in for MEGAN in training and in evaluation."""
   data_root = train_fakes.make_vimeo_tree(str(tmp_path_factory.mktemp("vimeo")), num_clips=2)
   workdir = str(tmp_path_factory.mktemp("run"))
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(predict, "build_model", lambda cfg: TOY)
     patch.setattr(evaluate, "build_model", lambda cfg: TOY)
     train.train_and_evaluate(_config(data_root, final_eval=True), workdir, model=TOY)
-  return data_root, workdir
+  return data_root, workdir, sorted(os.listdir(os.path.join(workdir, "eval")))
 
 
 @pytest.fixture(name="toy")
@@ -68,8 +69,8 @@ def _summary(workdir, step) -> dict:
 def test_final_eval_scores_the_last_checkpoint(run):
   """config.final_eval (the demo's train-then-evaluate step): the run ends with the table of its
   last checkpoint, whose model row is step 4's parameters scored directly."""
-  data_root, workdir = run
-  assert sorted(os.listdir(os.path.join(workdir, "eval"))) == ["step_4"]
+  data_root, workdir, written = run
+  assert written == ["step_4"]
   saved = _summary(workdir, 4)
   want = _scores(data_root, checkpointing.restore_params(workdir, 4)[0])
   assert saved["summary"]["TOY"]["val"] == pytest.approx(want, rel=1e-12)
@@ -77,7 +78,7 @@ def test_final_eval_scores_the_last_checkpoint(run):
 
 def test_eval_of_a_chosen_step_scores_that_checkpoint(run, toy):
   """eval.step=2 scores step 2 (not the latest, 4) and writes eval/step_2."""
-  data_root, workdir = run
+  data_root, workdir, _ = run
   config = _config(data_root)
   config.eval.step = 2
   out = evaluate.evaluate(config, workdir)
@@ -91,7 +92,7 @@ def test_eval_tile_is_part_of_what_a_column_was_scored_with(run, toy):
   """The step-4 column 'val' was scored on whole frames: scoring it again with eval.tile is refused
   before any work (the column is not silently replaced by tiled numbers), naming the change; under
   another name the tiled scores are a column of their own, next to the kept one."""
-  data_root, workdir = run
+  data_root, workdir, _ = run
   before = _summary(workdir, 4)
   config = _config(data_root)
   config.eval.update(tile=8, tile_overlap=4)
