@@ -2,6 +2,7 @@
 
     python tests/mutants.py              # every mutant, after a baseline run of the chosen tests
     python tests/mutants.py -k lmga      # the mutants whose name contains 'lmga'
+    python tests/mutants.py -k lmga,eval # ... 'lmga' or 'eval'
     python tests/mutants.py --list       # the mutants and their tests, nothing run
     python tests/mutants.py --no-baseline
 
@@ -9,7 +10,7 @@ Each mutant is a (name, file, exact original snippet, replacement, description, 
 snippet must occur exactly once in the file. Every mutant is applied to a fresh temporary COPY of the
 repository (the working tree is never touched); the chosen tests (pytest node ids, a few seconds to a
 minute each) run there with PYTHONPATH pointing at the copy, stopping at the first failure. A mutant
-is killed when a test fails (pytest exit status 1); it SURVIVED when they all pass; any other exit
+is killed when a test (or its fixture) fails (pytest exit status 1); it SURVIVED when they all pass; any other exit
 status (a collection error, an interrupted run) is reported as ERROR. The baseline runs every chosen
 test once on an unmutated copy first: a kill only means something if the tests pass without the bug.
 The table goes to stdout; the exit status is 1 when a mutant survived or errored (or the baseline
@@ -269,12 +270,12 @@ def apply(root: str, m: Mutant) -> None:
 def run_tests(root: str, tests, stop_first: bool) -> tuple[int, list, str]:
   """(pytest exit status, failed node ids, output tail) of the tests in the copy at `root`."""
   env = dict(os.environ, PYTHONPATH=root, PYTHONDONTWRITEBYTECODE="1")
-  cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *tests]
+  cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *tests]
   if stop_first:
     cmd.insert(4, "-x")
   proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
   out = proc.stdout + proc.stderr
-  failed = re.findall(r"^FAILED (\S+)", out, re.M)
+  failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.M)  # a test, or its fixture, failed
   return proc.returncode, failed, out[-3000:]
 
 
@@ -288,11 +289,12 @@ def check_imports_from(root: str) -> None:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("-k", default="", help="only the mutants whose name contains this")
+  parser.add_argument("-k", default="", help="only the mutants whose name contains this (or one of "
+                      "these, comma-separated)")
   parser.add_argument("--list", action="store_true", help="list the mutants and exit")
   parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
   args = parser.parse_args()
-  mutants = [m for m in MUTANTS if args.k in m.name]
+  mutants = [m for m in MUTANTS if any(k in m.name for k in args.k.split(","))]
   for m in mutants:
     if any("test_pretrained" in t for t in m.tests):
       raise SystemExit(f"mutant {m.name}: test_pretrained.py may not be the test that kills it")

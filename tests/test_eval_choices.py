@@ -52,7 +52,8 @@ def run(tmp_path_factory):
     patch.setattr(predict, "build_model", lambda cfg: TOY)
     patch.setattr(evaluate, "build_model", lambda cfg: TOY)
     train.train_and_evaluate(_config(data_root, final_eval=True), workdir, model=TOY)
-  return data_root, workdir, sorted(os.listdir(os.path.join(workdir, "eval")))
+  evals = os.path.join(workdir, "eval")
+  return data_root, workdir, sorted(os.listdir(evals)) if os.path.isdir(evals) else []
 
 
 @pytest.fixture(name="toy")
