@@ -186,7 +186,9 @@ def test_bfloat16_compute_keeps_float32_params():
   assert y.dtype == jnp.float32 and y.shape == (1, 5, 32, 32, 3)
   assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(params))
   y32 = jax.jit(build_model(model_config("tiny")).apply)(params, x)
-  assert float(jnp.max(jnp.abs(y - y32))) < 0.05
+  # Measured max |y - y32| 0.0021 on outputs up to 0.11 (0.0030 and 0.0037 with other seeds, outputs
+  # up to 0.24 and 0.37); 0.01 is 4.8x the measured value. 0.05 passed an output scaled by 0.56-1.44.
+  assert float(jnp.max(jnp.abs(y - y32))) < 0.01
 
 
 def numpy_tokens(x, span, r):

@@ -2,6 +2,7 @@
 and device-count invariance, on the toy model of tests/train_fakes.py."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import sys
 import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
@@ -89,22 +91,46 @@ def test_fingerprints_logged_saved_and_restored_agree(runs):
   assert sorted(logged) == [1, 2, 3, 4]  # merged into the step's record: one line per step
 
 
-def _flip_byte_in_largest_array_file(step_dir: str) -> None:
+def _read_state(step_dir: str):
+  """The arrays of a checkpoint step read by orbax alone (no fingerprint check): the independent view
+  of what a corrupted file decodes to. None when orbax cannot decode them."""
+  try:
+    return [np.asarray(a) for a in jax.tree.leaves(ocp.PyTreeCheckpointer().restore(
+        os.path.join(step_dir, "state")))]
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _flip_a_byte_that_changes_a_finite_value(step_dir: str) -> None:
+  """Flips one bit of the largest array file such that the step still decodes, every value stays
+  finite and some value changes: the only thing wrong is then the checksum. The files are compressed
+  (zstd), so what a flipped bit decodes to depends on the bytes: the bit is chosen, by reading the
+  result back with orbax, instead of left to chance (a flip that made a value NaN was reported as
+  "non-finite values", a different and also right message; issue 31)."""
   files = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(step_dir, "state"))
            for n in names if os.sep + "d" + os.sep in os.path.join(d, n) + os.sep]
   big = max(files, key=os.path.getsize)
-  with open(big, "r+b") as f:
-    f.seek(os.path.getsize(big) // 2)
-    byte = f.read(1)[0]
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte ^ 0x01]))  # a float32's lowest mantissa or exponent bit: stays finite
+  before = _read_state(step_dir)
+  with open(big, "rb") as f:
+    original = f.read()
+  size = len(original)
+  for offset in range(size // 2, size - 16, 7):  # from the middle on: payload, not the header
+    corrupted = bytearray(original)
+    corrupted[offset] ^= 0x01
+    with open(big, "wb") as f:
+      f.write(corrupted)
+    after = _read_state(step_dir)
+    if (after is not None and all(np.isfinite(a).all() for a in after if a.dtype.kind == "f")
+        and any(not np.array_equal(a, b) for a, b in zip(after, before))):
+      return
+  raise AssertionError(f"no single-bit flip in {big} decodes to changed finite values")
 
 
 def test_flipped_byte_in_a_checkpoint_falls_back(runs, data_root, tmp_path, caplog):
   workdir = str(tmp_path / "run")
   shutil.copytree(runs["a"], workdir)
   ckpt = checkpointing.checkpoint_dir(workdir)
-  _flip_byte_in_largest_array_file(os.path.join(ckpt, "4"))
+  _flip_a_byte_that_changes_a_finite_value(os.path.join(ckpt, "4"))
   _train(data_root, workdir, num_steps=6)
   assert re.search(r"checkpoint step 4 in .* cannot be read \(CorruptCheckpointError: the \w+ of "
                    r"step 4: checksum \w+ differs .*\); using step 2", caplog.text), caplog.text
@@ -244,3 +270,118 @@ def test_process_count_changes_the_batches(data_root):
   one = first(4, 0, 1)  # (4, 7, 32, 32, 3)
   two = np.concatenate([first(2, 0, 2), first(2, 1, 2)])
   assert one.shape == two.shape and not np.array_equal(one, two)
+
+
+def _edited_copy(workdir: str, dest: str, **fields) -> str:
+  """A copy of run folder `workdir` whose recorded config.json has the dotted `fields` replaced."""
+  shutil.copytree(workdir, dest)
+  path = os.path.join(dest, "config.json")
+  with open(path, encoding="utf-8") as f:
+    config = json.load(f)
+  for dotted, value in fields.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    assert leaf in node, dotted
+    node[leaf] = value
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  return dest
+
+
+# The settings that cannot change what a run computes (README, "Reproducibility"): how the data are
+# read, how checkpoints are written and kept, what the other modes do. Written out here, not read
+# from repro.NO_EFFECT, so that a setting dropped from (or added to) that list shows.
+_CANNOT_CHANGE_RESULTS = {"data.workers": 5, "data.read_threads": 7, "async_checkpointing": False,
+                          "compilation_cache_dir": "/tmp/elsewhere", "final_eval": True,
+                          "keep_checkpoints": 9, "eval.tile": 64, "infer.output": "x.mp4",
+                          "export.overwrite": True, "compare.other": "/tmp/b",
+                          "distributed.num_processes": 1}
+
+
+def test_compare_lists_settings_that_cannot_change_results_apart(runs, tmp_path, capsys):
+  """A rerun whose recorded config differs only in those settings is identical, and compare lists
+  them apart; a setting that changes the crops (data.crop) makes the configs differ."""
+  other = _edited_copy(runs["rerun"], str(tmp_path / "b"), **_CANNOT_CHANGE_RESULTS)
+  lines, identical = repro.compare(runs["a"], other)
+  text = "\n".join(lines)
+  assert identical and "configs: agree" in text, text
+  listed = re.search(r"\(settings that do not change the results differ: (.*)\)", text).group(1)
+  for field in _CANNOT_CHANGE_RESULTS:
+    assert field in listed, (field, listed)
+  other = _edited_copy(runs["rerun"], str(tmp_path / "c"), **{"data.crop": 12})
+  lines, identical = repro.compare(runs["a"], other)
+  assert not identical and "configs: differ: data.crop (8 vs 12)" in "\n".join(lines)
+
+
+def test_compare_of_a_chosen_step_diffs_that_checkpoint(runs):
+  """compare.step=2 diffs the step-2 parameters (not the latest, 4): the reported largest absolute
+  difference per module is that of the two step-2 checkpoints, computed here with numpy."""
+  lines, identical = repro.compare(runs["a"], runs["params"], step=2)
+  assert not identical
+  a, b = (checkpointing.restore_params(w, 2)[0] for w in (runs["a"], runs["params"]))
+  for name in a:
+    want = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])))
+    (line,) = [l for l in lines if l.strip().startswith(name + " ")]
+    assert line.split()[1] == f"{want:.3g}", (line, want)
+  assert any(l.startswith("checkpoint step 2: parameters differ") for l in lines)
+  with pytest.raises(ValueError, match=r"run A has no checkpoint of step 3 \(it has \[2, 4\]\)"):
+    repro.compare(runs["a"], runs["params"], step=3)
+
+
+def test_export_of_a_chosen_step_replaces_the_file_when_asked(runs, tmp_path):
+  """config.export.step=2 writes the step-2 parameters (not the latest), and overwrite=True really
+  replaces an existing file with them: its arrays are those of the step-2 checkpoint."""
+  from megan_jax import pretrained  # pylint: disable=import-outside-toplevel
+  target = tmp_path / "params.npz"
+  target.write_bytes(b"a user's file")
+  config = train_fakes.fast_config("tiny", "/unused")
+  config.export.update(output=str(target), step=2, overwrite=True)
+  assert pretrained.export(config, runs["a"], "configs/vimeo.py:tiny") == str(target)
+  got, meta = pretrained.load(str(target))
+  want = checkpointing.restore_params(runs["a"], 2)[0]
+  latest = checkpointing.restore_params(runs["a"], 4)[0]
+  assert meta["steps"] == 2
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for x, y, z in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(latest)):
+    np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(x, z)  # training moved every array between steps 2 and 4
+
+
+_GIT_ENVIRONMENT = """
+import json, sys, types
+from megan_jax import repro
+config = types.SimpleNamespace(deterministic=False)
+clean = repro.environment(config)
+with open(sys.argv[1], "a") as f:
+  f.write("# a local change\\n")
+changed = repro.environment(config)
+print("ENV " + json.dumps([clean["git_commit"], clean["git_local_changes"],
+                           changed["git_commit"], changed["git_local_changes"]]))
+"""
+
+
+def test_manifest_records_the_git_commit_and_local_changes(tmp_path):
+  """The code's commit and whether tracked files were edited, as git reports them: the package is
+  copied into a fresh git repository with one commit, then a tracked file is edited."""
+  repo = tmp_path / "code"
+  shutil.copytree(os.path.join(train_fakes.REPO, "megan_jax"), repo / "megan_jax", symlinks=True,
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  if os.path.islink(repo / "megan_jax" / "kernels"):  # megan_jax/kernels links to ../kernels
+    shutil.copytree(os.path.join(train_fakes.REPO, "kernels"), repo / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+  git("init", "-q")
+  git("add", "-A")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
+  commit = git("rev-parse", "HEAD")
+  env = dict(os.environ, PYTHONPATH=str(repo))
+  proc = subprocess.run([sys.executable, "-c", _GIT_ENVIRONMENT, str(repo / "megan_jax" / "npz.py")],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(proc.stdout.split("ENV ")[-1])
+  assert got == [commit, False, commit, True]
