@@ -76,15 +76,25 @@ def _best_fn(metrics: dict[str, float]) -> float:
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
-                 create: bool = True) -> ocp.CheckpointManager:
-  """Returns the run's CheckpointManager (keeps the last `keep` and the best by `val_psnr_y`)."""
+                 create: bool = True, this_process_only: bool = False) -> ocp.CheckpointManager:
+  """Returns the run's CheckpointManager (keeps the last `keep` and the best by `val_psnr_y`).
+
+  this_process_only: a reader used by one process of a multi-process job alone (evaluation and
+  inference, `multiprocess.on_process_0`): it waits for no other process."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=max(keep, 1)),  # 0 would delete each checkpoint as it is saved
       pp.BestN(get_metric_fn=_best_fn, n=1, keep_checkpoints_without_metrics=False),
   ])
+  alone = {}
+  if this_process_only and jax.process_count() > 1:
+    index = jax.process_index()
+    alone["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=index, active_processes={index},
+        barrier_sync_key_prefix=f"megan_jax_reader_{index}")
   options = ocp.CheckpointManagerOptions(
       best_fn=_best_fn, best_mode="max", preservation_policy=policy,
-      enable_async_checkpointing=async_save, create=create, cleanup_tmp_directories=create)
+      enable_async_checkpointing=async_save, create=create, cleanup_tmp_directories=create,
+      **alone)
   handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
@@ -353,7 +363,7 @@ def _existing_manager(workdir: str) -> ocp.CheckpointManager:
     raise FileNotFoundError(
         f"no checkpoint in workdir {workdir!r}: {directory} does not exist; train first with "
         f"--mode=train --workdir={workdir}")
-  manager = make_manager(workdir, create=False)
+  manager = make_manager(workdir, create=False, this_process_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in workdir {workdir!r}: {directory} is empty")
   return manager

@@ -33,8 +33,9 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from megan_jax import (checkpointing, evaluate, fingerprint, logging_utils, paths, pretrained,
-                       progress, report, repro, run_config, stop_signals, train_val, workdir_lock)
+from megan_jax import (checkpointing, evaluate, fingerprint, logging_utils, multiprocess, paths,
+                       pretrained, progress, report, repro, run_config, stop_signals, train_val,
+                       workdir_lock)
 from megan_jax.data.pipeline import make_train_iter
 from megan_jax.losses import charbonnier
 from megan_jax.models import build_model
@@ -214,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpointing.checkpoint_dir(workdir)) as stop:
     last_logged = _train(config, workdir, model, stop)
   if last_logged is not None and config.final_eval:
-    evaluate.evaluate(config, workdir)
+    multiprocess.on_process_0("the final evaluation", evaluate.evaluate, config, workdir)
   return last_logged or {}
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import train_fakes
@@ -88,7 +89,6 @@ def _hand_data_prints(data_root, steps: int) -> dict[int, str]:
   """The data fingerprint derived by hand: SHA-256 chained over each global batch's examples,
   each example's digest the first 8 bytes of SHA-256 of its shapes and uint8 bytes (batch 4 of
   one process: the reference order)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   from megan_jax.data.pipeline import make_train_iter  # pylint: disable=import-outside-toplevel
   config = train_fakes.fast_config("tiny", data_root)
   it = make_train_iter(config.data, batch_size=4, seed=config.seed, shard_index=0, shard_count=1)
@@ -149,6 +149,56 @@ def test_resume_on_another_shape_continues_the_same_batches(runs, name, start, p
     assert got[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5), step
   assert checkpointing.restore_params(runs[name])[1] == NUM_STEPS
 
+
+_ON_PROCESS_0 = """
+import sys, time
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from megan_jax import checkpointing, multiprocess
+workdir, out, fail = sys.argv[3], sys.argv[4], sys.argv[5] == "fail"
+
+def work():
+  params, step = checkpointing.restore_params(workdir)  # a reader that waits for no other process
+  time.sleep(2)  # the other process waits meanwhile
+  if fail:
+    raise ValueError("the work failed")
+  with open(out, "a") as f:
+    f.write(f"written by process {jax.process_index()} from step {step}\\n")
+  return step
+
+print("RETURNED", multiprocess.on_process_0("the test's work", work), flush=True)
+"""
+
+
+def test_eval_and_infer_work_runs_once_on_process_0(tmp_path):
+  """The work of --mode=eval/infer/export and of the final evaluation in a 2-process job: process 0
+  restores a checkpoint and writes alone, the other says so and waits; a failure on process 0
+  ends both (process 0 with the error), neither hangs. Two jobs at once: one fails."""
+  workdir = str(tmp_path / "run")
+  checkpointing.save_params(workdir, {"w": np.arange(3, dtype=np.float32)})  # step 0
+  jobs = {}
+  for outcome in ("ok", "fail"):
+    out, port = str(tmp_path / f"{outcome}.txt"), _free_port()
+    jobs[outcome] = out, [subprocess.Popen(
+        [sys.executable, "-c", _ON_PROCESS_0, f"127.0.0.1:{port}", str(pid), workdir, out,
+         outcome], cwd=train_fakes.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for pid in range(2)]
+  for outcome, (out, procs) in jobs.items():
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
+    assert procs[1].returncode == 0, err1[-3000:]
+    assert out1.splitlines() == [
+        "process 1 of 2: the test's work runs on process 0 only, which writes its output and "
+        "prints its results; waiting for it", "process 1 of 2: process 0 finished the test's work",
+        "RETURNED None"]
+    if outcome == "fail":
+      assert procs[0].returncode != 0 and "ValueError: the work failed" in err0
+      assert not os.path.exists(out)
+    else:
+      assert procs[0].returncode == 0, err0[-3000:]
+      assert out0.splitlines() == ["RETURNED 0"]
+      with open(out, encoding="utf-8") as f:
+        assert f.read() == "written by process 0 from step 0\n"
 
 
 def test_a_global_batch_the_devices_cannot_split_is_refused_in_one_line(runs, monkeypatch):
