@@ -30,7 +30,8 @@ skipped with a warning naming its step, in favour of the newest readable one; a 
 another architecture raises a ValueError naming the workdir and the parameters whose shapes differ.
 
 Each save stores the fingerprints of what it saved (`fingerprint.state_fingerprints`: hashes of
-the exact bytes of the parameters and optimiser state, and of the data iterator state) in the
+the exact bytes of the parameters and optimiser state, and the data fingerprint: in training,
+`fingerprint.DataPrint` over every example read so far, which a resume continues) in the
 step's orbax custom metadata (`CheckpointManager.save(..., custom_metadata=...)`, read back by
 `CheckpointManager.metadata(step).custom_metadata`; orbax 0.12's "metadata varying by step",
 https://orbax.readthedocs.io/en/stable/api_reference/checkpoint.checkpoint_manager.html). A
