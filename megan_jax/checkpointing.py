@@ -2,8 +2,11 @@
 
 Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` is the whole train state (parameters,
 optimiser state, step) as an orbax `StandardSave` pytree; `data` is the grain iterator state, one
-small JSON file per process (grain's own orbax handler), so that a resumed run reads exactly the
-batches an uninterrupted run would have read.
+small JSON file per process (grain's own orbax handler). Training does not restore `data`: the
+global batch of a step is a function of the data seed and the step (`data.pipeline`), so a
+resumed run starts its iterator at the restored step and reads exactly the batches an
+uninterrupted run would have read, on any number of processes and devices; the state is
+resharded onto the new mesh by orbax (`abstract_state`'s shardings).
 
 A params-only checkpoint (`save_params`: `state` holds only {"params": ...}, no `data`) is the
 start of a run from given weights: a converted official model (`megan_jax.convert`) or a packaged
@@ -27,7 +30,8 @@ skipped with a warning naming its step, in favour of the newest readable one; a 
 another architecture raises a ValueError naming the workdir and the parameters whose shapes differ.
 
 Each save stores the fingerprints of what it saved (`fingerprint.state_fingerprints`: hashes of
-the exact bytes of the parameters and optimiser state, and of the data iterator state) in the
+the exact bytes of the parameters and optimiser state, and the data fingerprint: in training,
+`fingerprint.DataPrint` over every example read so far, which a resume continues) in the
 step's orbax custom metadata (`CheckpointManager.save(..., custom_metadata=...)`, read back by
 `CheckpointManager.metadata(step).custom_metadata`; orbax 0.12's "metadata varying by step",
 https://orbax.readthedocs.io/en/stable/api_reference/checkpoint.checkpoint_manager.html). A
@@ -73,15 +77,25 @@ def _best_fn(metrics: dict[str, float]) -> float:
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
-                 create: bool = True) -> ocp.CheckpointManager:
-  """Returns the run's CheckpointManager (keeps the last `keep` and the best by `val_psnr_y`)."""
+                 create: bool = True, this_process_only: bool = False) -> ocp.CheckpointManager:
+  """Returns the run's CheckpointManager (keeps the last `keep` and the best by `val_psnr_y`).
+
+  this_process_only: a reader used by one process of a multi-process job alone (evaluation and
+  inference, `multiprocess.on_process_0`): it waits for no other process."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=max(keep, 1)),  # 0 would delete each checkpoint as it is saved
       pp.BestN(get_metric_fn=_best_fn, n=1, keep_checkpoints_without_metrics=False),
   ])
+  alone = {}
+  if this_process_only and jax.process_count() > 1:
+    index = jax.process_index()
+    alone["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=index, active_processes={index},
+        barrier_sync_key_prefix=f"megan_jax_reader_{index}")
   options = ocp.CheckpointManagerOptions(
       best_fn=_best_fn, best_mode="max", preservation_policy=policy,
-      enable_async_checkpointing=async_save, create=create, cleanup_tmp_directories=create)
+      enable_async_checkpointing=async_save, create=create, cleanup_tmp_directories=create,
+      **alone)
   handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
@@ -122,13 +136,14 @@ def _save_error(manager: ocp.CheckpointManager, exc: BaseException) -> Checkpoin
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
-         metrics: dict[str, float] | None = None) -> dict[str, str]:
+         metrics: dict[str, float] | None = None, data_print: str | None = None) -> dict[str, str]:
   """Saves `state` and the grain iterator position after `step` training steps, with their
-  fingerprints; returns the fingerprints ({"params", "opt_state", "data"}: 16 hex digits each).
+  fingerprints; returns the fingerprints ({"params", "opt_state", "data"}: 16 hex digits each;
+  "data" is `data_print`, the `fingerprint.DataPrint` of what training read, when given).
 
   Raises CheckpointError when this save cannot start or an earlier asynchronous one failed.
   """
-  prints = fingerprint.state_fingerprints(state, data_iter.get_state())
+  prints = fingerprint.state_fingerprints(state, data_iter.get_state(), data_print)
   try:
     paths.writable_dir(str(manager.directory), "checkpoints")
     manager.save(step, args=ocp.args.Composite(
@@ -153,7 +168,8 @@ def _verified(manager, step: int, state, data_iter=None):
     part = state.get(name) if isinstance(state, Mapping) else getattr(state, name, None)
     if part is not None:
       fingerprint.verify(part, prints.get(name), f"the {name} of step {step}")
-  # the saved "data" print is process 0's iterator state: the other processes' states differ
+  # with an iterator to rewind (not in training, whose "data" print hashes what it read): the
+  # saved print is process 0's iterator state, the other processes' states differ
   if data_iter is not None and "data" in prints and jax.process_count() == 1 and (
       got := fingerprint.json_hash(data_iter.get_state())) != prints["data"]:
     raise fingerprint.CorruptCheckpointError(
@@ -268,7 +284,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
             model_config=None) -> tuple[Any, int, bool] | None:
   """Restores the newest readable checkpoint: (state, step, params_only), or None when there is none.
 
-  The state gets the shardings of `abstract_state`; `data_iter` is rewound in place. A params-only
+  The state gets the shardings of `abstract_state` (orbax reshards a checkpoint written on another
+  number of devices or processes); `data_iter`, unless None, is rewound in place (training passes
+  None: its data position is the step, `data.pipeline`). A params-only
   checkpoint (`save_params`: the start of a new run) gives ({"params": ...}, step, True) and leaves
   `data_iter` as it is: the caller builds a fresh optimiser state around the parameters. Unreadable
   checkpoints are skipped with a warning; one of another architecture raises an ArchitectureError
@@ -288,9 +306,11 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
     if "opt_state" not in saved:
       return _verified(manager, step, manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore({"params": params})))["state"]), True
-    return _verified(manager, step, manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))["state"], data_iter), False
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    return _verified(manager, step, manager.restore(step, args=ocp.args.Composite(**items))[
+        "state"], data_iter), False
 
   steps = list(manager.all_steps())
   if not steps:
@@ -344,7 +364,7 @@ def _existing_manager(workdir: str) -> ocp.CheckpointManager:
     raise FileNotFoundError(
         f"no checkpoint in workdir {workdir!r}: {directory} does not exist; train first with "
         f"--mode=train --workdir={workdir}")
-  manager = make_manager(workdir, create=False)
+  manager = make_manager(workdir, create=False, this_process_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in workdir {workdir!r}: {directory} is empty")
   return manager

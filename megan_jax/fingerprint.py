@@ -1,4 +1,5 @@
-"""Fingerprints: a short hash of the exact bytes of a pytree, the checksum of every checkpoint.
+"""Fingerprints: a short hash of the exact bytes of a pytree, the checksum of every checkpoint,
+and the data fingerprint of a run (`DataPrint`: what every process read).
 
 One function, `tree_hash`, serves both uses: the run fingerprints logged at every checkpoint (two
 runs, or a run and its resume, are the same exactly when their fingerprints are) and the checksum
@@ -15,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 DIGITS = 16
 
@@ -54,13 +56,17 @@ def json_hash(obj) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
 
 
-def state_fingerprints(state: Any, data_state: Any = None) -> dict[str, str]:
-  """{"params", "opt_state"[, "data"]}: hashes of a train state (or of {"params": ...}) and of the
-  grain iterator state `data_state` (the position in the data, a small dict)."""
+def state_fingerprints(state: Any, data_state: Any = None, data_print: str | None = None
+                       ) -> dict[str, str]:
+  """{"params", "opt_state"[, "data"]}: hashes of a train state (or of {"params": ...}) and the
+  data fingerprint: `data_print` (`DataPrint.value()`, what training read) when given, else the
+  hash of the grain iterator state `data_state` (the position in the data, a small dict)."""
   parts = state if isinstance(state, dict) else {"params": state.params,
                                                  "opt_state": state.opt_state}
   prints = {name: tree_hash(parts[name]) for name in ("params", "opt_state") if name in parts}
-  if data_state is not None:
+  if data_print is not None:
+    prints["data"] = data_print
+  elif data_state is not None:
     prints["data"] = json_hash(data_state)
   return prints
 
@@ -75,3 +81,57 @@ def verify(tree, expected: str | None, what: str) -> None:
   if expected is not None and (got := _digest(leaves)) != expected:
     raise CorruptCheckpointError(f"{what}: checksum {got} differs from the {expected} saved "
                                  f"with it (the files changed after saving)")
+
+
+def batch_hash(digests: np.ndarray, chained_to: str = "") -> str:
+  """16 hex digits of SHA-256 over `chained_to` (a previous hash, or "") and the examples'
+  digests of one global batch, uint8 (G, d) in global order."""
+  h = hashlib.sha256(chained_to.encode())
+  h.update(np.ascontiguousarray(digests, np.uint8).tobytes())
+  return h.hexdigest()[:DIGITS]
+
+
+def global_digests(local: np.ndarray) -> np.ndarray:
+  """The digests of every process's examples in global order: uint8 (k, G, d) from this
+  process's (k, B, d) of k steps (process p's rows are [p B, (p + 1) B) of each global batch).
+  A collective: every process must call it."""
+  local = np.asarray(local, np.uint8)
+  if jax.process_count() == 1:
+    return local
+  gathered = multihost_utils.process_allgather(
+      {"process": np.int32(jax.process_index()), "digests": local})
+  order = np.argsort(gathered["process"])  # (P,): rows in process order
+  per_process = np.asarray(gathered["digests"])[order]  # (P, k, B, d)
+  k = local.shape[0]
+  return per_process.transpose(1, 0, 2, 3).reshape(k, -1, local.shape[-1])
+
+
+def global_batch_hash(local_digests) -> str:
+  """`batch_hash` of the global batch whose slice (B, d) this process read: the same on any
+  number of processes (a collective)."""
+  return batch_hash(global_digests(np.asarray(local_digests)[None])[0])
+
+
+class DataPrint:
+  """The data fingerprint of a run: a hash chain over the global batches read so far,
+  data_s = batch_hash(digests of global batch s, data_{s-1}), data_0 = "". It is a function of
+  the examples read (their bytes, in the global order), not of how processes split them: a run
+  on 1 process and one on 2 that read the same batches have the same print, and runs that read
+  different examples have different ones. A resume continues the chain from the print saved
+  with its checkpoint."""
+
+  def __init__(self, start: str = ""):
+    self._value = start
+    self._pending = []  # this process's (B, d) digests of the steps not chained yet
+
+  def add(self, local_digests) -> None:
+    """Records this process's slice (B, d) of the next global batch."""
+    self._pending.append(np.asarray(local_digests, np.uint8))
+
+  def value(self) -> str:
+    """The chain after every added batch (a collective when several processes run)."""
+    if self._pending:
+      for digests in global_digests(np.stack(self._pending)):
+        self._value = batch_hash(digests, self._value)
+      self._pending = []
+    return self._value

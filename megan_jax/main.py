@@ -81,25 +81,31 @@ def _main(argv):
     _die(f"--workdir is required for --mode={FLAGS.mode}: the run directory (checkpoints, logs, "
          f"results)")
   # pylint: disable-next=import-outside-toplevel
-  from megan_jax import checkpointing, evaluate, infer, paths, pretrained, stop_signals, train
+  from megan_jax import (checkpointing, evaluate, infer, multiprocess, paths, pretrained,
+                         stop_signals, train)
   train.setup_runtime(config)
-  try:
-    if FLAGS.mode == "export":
-      pretrained.export(config, FLAGS.workdir, FLAGS["config"].config_filename)
-      return
-    if FLAGS.mode == "compare":
-      from megan_jax import repro  # pylint: disable=import-outside-toplevel
-      sys.exit(repro.compare_main(config, FLAGS.workdir))
+
+  def eval_or_infer():  # in a multi-process job, process 0 does it alone (multiprocess.py)
     plan = infer.preflight(config, FLAGS.workdir) if FLAGS.mode == "infer" else None  # inputs first
-    if FLAGS.mode != "train":  # training starts from it itself, checked against its model
-      pretrained.start_workdir(config, FLAGS.workdir)
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
+    pretrained.start_workdir(config, FLAGS.workdir)  # training starts from it itself
+    if FLAGS.mode == "eval":
       with stop_signals.stop_on_signals("--mode=eval"):
         evaluate.evaluate(config, FLAGS.workdir)
     else:
       infer.infer(config, FLAGS.workdir, plan)
+
+  try:
+    if FLAGS.mode == "export":
+      multiprocess.on_process_0("--mode=export", pretrained.export, config, FLAGS.workdir,
+                                FLAGS["config"].config_filename)
+      return
+    if FLAGS.mode == "compare":
+      from megan_jax import repro  # pylint: disable=import-outside-toplevel
+      sys.exit(repro.compare_main(config, FLAGS.workdir))
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      multiprocess.on_process_0(f"--mode={FLAGS.mode}", eval_or_infer)
   except stop_signals.Interrupted as e:
     _die(str(e), e.exit_code)
   except (ValueError, FloatingPointError, checkpointing.CheckpointError) as e:  # config, data, numbers

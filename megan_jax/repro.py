@@ -6,7 +6,8 @@
 - Manifest: every start of a run appends an entry to WORKDIR/manifest.json: library versions,
   backend, devices and processes, XLA_FLAGS and config.deterministic, the git commit of the code
   (and whether it had local changes), a hash of the resolved config, and the fingerprints of the
-  starting parameters and of the first batch (`fingerprint.tree_hash`).
+  starting parameters (`fingerprint.tree_hash`) and of the first global batch
+  (`fingerprint.global_batch_hash`, the same on any number of processes).
 - Compare (`--mode=compare --workdir=A --config.compare.other=B`): configs, environments, every
   logged value and fingerprint, and the parameters of a checkpoint step both runs hold.
 """
@@ -92,15 +93,16 @@ def read_manifest(workdir: str) -> list[dict]:
     return json.load(f)
 
 
-def write_manifest(workdir: str, config, start_step: int, params, batch) -> None:
+def write_manifest(workdir: str, config, start_step: int, params, batch_print: str | None) -> None:
   """Appends this start's entry to WORKDIR/manifest.json (process 0 only).
 
-  params: the starting parameters (initial or restored); batch: the first batch of this start
-  ({"lr", "gt"} arrays, or None when there is nothing to train).
+  params: the starting parameters (initial or restored); batch_print: the fingerprint of the
+  first global batch of this start (`fingerprint.global_batch_hash`, over what every process
+  read), or None when there is nothing to train.
   """
   prints = {"params": fingerprint.tree_hash(params)}
-  if batch is not None and all(x.is_fully_addressable for x in jax.tree.leaves(batch)):
-    prints["batch"] = fingerprint.tree_hash(batch)
+  if batch_print is not None:
+    prints["batch"] = batch_print
   if jax.process_index() != 0:
     return
   entry = {"time": time.time(), "start_step": int(start_step), **environment(config),

@@ -1,12 +1,15 @@
 """Training: one jitted train step over a device mesh, checkpoints, logs and periodic validation.
 
 The same code runs on one CPU, several devices and several hosts: the global batch is sharded over
-the "data" axis of a mesh of all devices, the train state is replicated, and each process feeds its
-own shard of the batch (`jax.make_array_from_process_local_data`). A run is a pure function of its
-config: parameters, LMGA's random pooling and the data order all derive from `config.seed` (or
-`config.seeds`, one stream each: megan_jax/repro.py), and the per-step key is `fold_in(key, step)`,
-so a run stopped and resumed from its checkpoint (which holds the grain iterator position too)
-ends bit-identical to an uninterrupted one on the CPU.
+the "data" axis of a mesh of all devices (in process order), the train state is replicated, and each
+process feeds its contiguous slice of the global batch (`jax.make_array_from_process_local_data`).
+A run is a pure function of its config: parameters, LMGA's random pooling and the data all derive
+from `config.seed` (or `config.seeds`, one stream each: megan_jax/repro.py), the per-step key is
+`fold_in(key, step)` and the global batch of a step is a function of the data seed and the step
+(`data.pipeline`), whatever the number of processes and devices. So a run stopped and resumed from
+its checkpoint, with the same or another number of processes and devices (orbax reshards the state;
+the data position is the step), reads the batches an uninterrupted run reads, and ends
+bit-identical to it on the CPU when the device count is unchanged.
 
 One training at a time holds a workdir (`workdir_lock`); stop signals save and stop, or stop at once
 before the first step (`stop_signals`); the run's configs and logs are kept across resumes and
@@ -30,8 +33,9 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from megan_jax import (checkpointing, evaluate, logging_utils, paths, pretrained, progress, report,
-                       repro, run_config, stop_signals, train_val, workdir_lock)
+from megan_jax import (checkpointing, evaluate, fingerprint, logging_utils, multiprocess, paths,
+                       pretrained, progress, report, repro, run_config, stop_signals, train_val,
+                       workdir_lock)
 from megan_jax.data.pipeline import make_train_iter
 from megan_jax.losses import charbonnier
 from megan_jax.models import build_model
@@ -142,12 +146,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.num_steps <= 0:
     raise ValueError(f"config.num_steps: {config.num_steps} must be positive")
   devices, processes = jax.device_count(), jax.process_count()
-  if config.batch_size % devices:
-    raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
-                     f"{devices} devices of the mesh")
-  if config.batch_size % processes:
-    raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
-                     f"{processes} processes")
+  for count, what in ((devices, "devices of the mesh"), (processes, "processes")):
+    if config.batch_size % count:  # a checkpoint resumes on any counts that divide it
+      raise ValueError(f"config.batch_size: {config.batch_size} (the global batch) is not "
+                       f"divisible by the {count} {what}; use a multiple of {count}, or as many "
+                       f"devices and processes as divide it (a run resumes on any such number)")
   if config.eval_every and config.val.get("kind") in ("vimeo", "folders", "video") and (
       not os.path.exists(str(config.val.root))):
     raise FileNotFoundError(
@@ -181,11 +184,19 @@ def _local_params(params):
   return jax.tree.map(lambda x: x.addressable_data(0), params)
 
 
-def _make_data_iter(config, per_process_batch: int):
+def _make_data_iter(config, per_process_batch: int, start_step: int):
+  """This process's slices of the global batches of steps start_step + 1, start_step + 2, ..."""
   return make_train_iter(config.data, batch_size=per_process_batch,
                          seed=repro.stream_seed(config.seed, config.seeds, "data"),
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
-                         workers=config.data.workers)
+                         workers=config.data.workers, start_step=start_step)
+
+
+def global_mesh() -> Mesh:
+  """The 1-D "data" mesh of all devices in process order: process p's devices hold rows
+  [p B, (p + 1) B) of the global batch, the slice its data iterator reads."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), ("data",))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -204,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpointing.checkpoint_dir(workdir)) as stop:
     last_logged = _train(config, workdir, model, stop)
   if last_logged is not None and config.final_eval:
-    evaluate.evaluate(config, workdir)
+    multiprocess.on_process_0("the final evaluation", evaluate.evaluate, config, workdir)
   return last_logged or {}
 
 
@@ -212,7 +223,7 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
   """The run itself, under the workdir's lock: the last logged scalars, or None when there was
   nothing to train."""
   is_main = jax.process_index() == 0
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = global_mesh()
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
   to_global = lambda x, sharding: jax.make_array_from_process_local_data(sharding, np.asarray(x))
@@ -235,12 +246,12 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
                        in_shardings=(state_sharding, data_sharding, replicated),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
-  per_process_batch = config.batch_size // jax.process_count()
-  data_iter = _make_data_iter(config, per_process_batch)
   source = pretrained.start_workdir(config, workdir, expected=abstract.params, announce=False)
   manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints,
                                        async_save=config.async_checkpointing)
-  restored = checkpointing.restore(manager, abstract, data_iter, model_config=config.model)
+  # the data position is the step (not the saved iterator state): any process count resumes
+  restored = checkpointing.restore(manager, abstract, None, model_config=config.model)
+  data_print = fingerprint.DataPrint()
   if restored is not None and restored[2]:  # params only: the start of a new run
     last_good = restored[1]
     state = jax.jit(lambda p: new_state(p, tx), out_shardings=state_sharding)(restored[0]["params"])
@@ -249,11 +260,14 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
     progress.note(f"starting {workdir} from {source} with a fresh optimiser state and data order")
   elif restored is not None:
     state, last_good, _ = restored
+    data_print = fingerprint.DataPrint(
+        checkpointing.saved_fingerprints(manager, last_good).get("data", ""))
     progress.note(f"resumed from step {last_good} in {checkpointing.checkpoint_dir(workdir)}")
   else:
     last_good = None
     state = jax.jit(init_fn, out_shardings=state_sharding)(streams["params"], streams["lmga_init"])
   start = int(state.step)
+  data_iter = _make_data_iter(config, config.batch_size // jax.process_count(), start)
   if is_main:
     for note in (logging_utils.set_aside_earlier_run(workdir) if start == 0 else None,
                  run_config.record(workdir, config)):
@@ -271,13 +285,17 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
   writer = logging_utils.MetricWriter(workdir, enabled=is_main, resume_step=start)
   validator = (train_val.Validator(config, model)
                if config.eval_every and start < config.num_steps else None)
-  next_batch = lambda: {k: to_global(v, data_sharding)
-                        for k, v in next(data_iter).items() if k in ("lr", "gt")}
+
+  def next_batch():
+    local = next(data_iter)
+    data_print.add(local["digest"])
+    return {k: to_global(local[k], data_sharding) for k in ("lr", "gt")}, local["digest"]
   window, last_logged, bar = None, {}, None
   try:
     with stop.sparing_children():  # grain starts its worker processes at the first batch
-      batch = next_batch() if start < config.num_steps else None
-    repro.write_manifest(workdir, config, start, state.params, batch)
+      batch, digests = next_batch() if start < config.num_steps else (None, None)
+    repro.write_manifest(workdir, config, start, state.params,
+                         None if digests is None else fingerprint.global_batch_hash(digests))
     for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one
       if bar is None:  # the first step compiles: rates and ETAs count from its end
         with progress.compiling("the train step"):
@@ -314,7 +332,8 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
         if window is not None:
           _check_finite(_host_scalars(window), step, last_good, workdir)
         prints = checkpointing.save(manager, step, state, data_iter, metrics={
-            checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None)
+            checkpointing.BEST_METRIC: val["val_psnr_y"]} if val else None,
+                                    data_print=data_print.value())
         writer.write_fields(step, {"fingerprints": prints})
         last_good = step
       if stopping:
@@ -325,7 +344,7 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
             f"{checkpointing.checkpoint_dir(workdir)}; rerun the same command to resume",
             stop.signum or signal.SIGTERM)
       if not is_last:
-        batch = next_batch()
+        batch, _ = next_batch()
     checkpointing.wait(manager)
     saved = manager.all_steps()
   except BaseException as e:

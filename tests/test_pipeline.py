@@ -1,6 +1,7 @@
 """The grain training iterator: determinism, sharding, state save/restore (with and without
 worker processes), LR/GT alignment under cropping and augmentation, embedded source."""
 
+import hashlib
 import itertools
 import json
 import os
@@ -59,6 +60,7 @@ def _assert_same(batches_a, batches_b):
   for a, b in zip(batches_a, batches_b):
     np.testing.assert_array_equal(a["lr"], b["lr"])
     np.testing.assert_array_equal(a["gt"], b["gt"])
+    np.testing.assert_array_equal(a["digest"], b["digest"])
 
 
 def _clip_ids(batch):
@@ -88,9 +90,31 @@ def test_each_epoch_visits_every_clip_of_the_shard_once(tree):
   first, second, third, fourth = (_clip_ids(b) for b in _take(it, 4))
   assert sorted(first + second) == list(range(NUM_CLIPS))
   assert sorted(third + fourth) == list(range(NUM_CLIPS))
-  for shard in (0, 1):
-    it = make_train_iter(cfg, batch_size=3, seed=0, shard_index=shard, shard_count=2)
-    assert sorted(_clip_ids(next(it))) == list(range(shard, NUM_CLIPS, 2))
+
+
+def _as_uint8(x):
+  return np.round(x * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_processes_read_contiguous_slices_of_the_one_process_batches(tree, processes):
+  """Global batch 6 on 1 process, or 3 x 2, 2 x 3: the same examples, crops and augmentation,
+  bit for bit, process p reading rows [p B, (p + 1) B); start_step skips whole global batches."""
+  cfg = _config(tree)
+  one = _take(make_train_iter(cfg, batch_size=6, seed=4, shard_index=0, shard_count=1), 4)
+  b = 6 // processes
+  for p in range(processes):
+    mine = _take(make_train_iter(cfg, batch_size=b, seed=4, shard_index=p,
+                                 shard_count=processes), 4)
+    _assert_same(mine, [{k: v[p * b:(p + 1) * b] for k, v in batch.items()} for batch in one])
+    resumed = _take(make_train_iter(cfg, batch_size=b, seed=4, shard_index=p,
+                                    shard_count=processes, start_step=2), 2)
+    _assert_same(resumed, [{k: v[p * b:(p + 1) * b] for k, v in batch.items()}
+                           for batch in one[2:]])
+  for batch in one:  # each digest is SHA-256 of the example's shapes and uint8 bytes
+    for lr, gt, digest in zip(_as_uint8(batch["lr"]), _as_uint8(batch["gt"]), batch["digest"]):
+      h = hashlib.sha256(f"{lr.shape};{gt.shape};".encode() + lr.tobytes() + gt.tobytes())
+      assert digest.tobytes() == h.digest()[:8]
 
 
 def test_state_restore_mid_epoch(tree):

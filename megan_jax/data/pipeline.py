@@ -1,13 +1,19 @@
 """grain input pipelines: the training iterator and the evaluation windows.
 
-Training: source (full GT frames) -> shard by process -> seeded shuffle, repeated
-forever (reshuffled each epoch) -> random crop, bicubic LR of the crop (exactly the crop
-of the full frame's LR, `augment.downscale_crop`) and augmentation, with a per-record
-seed (grain derives it from the seed and the record's position, so results do not depend
-on the number of workers) -> batch -> worker processes (`mp_prefetch`) -> float32 [0, 1].
+Training: source (full GT frames) -> seeded shuffle, repeated forever (reshuffled each
+epoch): one global order of records -> random crop, bicubic LR of the crop (exactly the crop
+of the full frame's LR, `augment.downscale_crop`) and augmentation, with a per-record seed
+(grain derives it from the seed and the record's position in that global order, so results
+depend neither on the number of workers nor on the number of processes) and a digest of
+the example's bytes -> batches of the per-process batch B -> process p of P takes batches
+p, p + P, p + 2P, ...: global batch s (P B records, positions s P B ... (s + 1) P B - 1) is
+a function of the seed and s only, and process p reads its contiguous slice
+[p B, (p + 1) B) of it (big_vision's and t5x's way) -> from batch `start_step` on (a resume
+starts at its step) -> worker processes (`mp_prefetch`) -> float32 [0, 1].
 The iterator's state (`get_state()` / `set_state()`) is a small dict to checkpoint.
 """
 
+import hashlib
 import os
 
 from absl import flags
@@ -58,12 +64,27 @@ class CropAugment:
                          where=record.get("where", "clip"))
     if self.augment:
       lr, gt = random_augment(lr, gt, rng)
-    return {"lr": lr, "gt": gt}  # uint8 (n+1, c, c, 3), (2n+1, 4c, 4c, 3)
+    # uint8 (n+1, c, c, 3), (2n+1, 4c, 4c, 3), (DIGEST_BYTES,)
+    return {"lr": lr, "gt": gt, "digest": example_digest(lr, gt)}
+
+
+DIGEST_BYTES = 8
+
+
+def example_digest(lr: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """uint8 (DIGEST_BYTES,): the first bytes of SHA-256 over the shapes and uint8 bytes of one
+  training example, what the data fingerprint (`fingerprint.DataPrint`) chains."""
+  h = hashlib.sha256(f"{lr.shape};{gt.shape};".encode())
+  h.update(np.ascontiguousarray(lr).reshape(-1).view(np.uint8))
+  h.update(np.ascontiguousarray(gt).reshape(-1).view(np.uint8))
+  return np.frombuffer(h.digest()[:DIGEST_BYTES], np.uint8).copy()
 
 
 def to_float(batch: dict) -> dict:
-  """uint8 batch -> float32 in [0, 1] (done after the workers: 4x less to transfer)."""
-  return {k: v.astype(np.float32) / np.float32(255) for k, v in batch.items()}
+  """uint8 images -> float32 in [0, 1] (done after the workers: 4x less to transfer); the
+  examples' digests stay uint8."""
+  return {k: v if k == "digest" else v.astype(np.float32) / np.float32(255)
+          for k, v in batch.items()}
 
 
 def _process_shard(shard_index, shard_count) -> tuple:
@@ -76,13 +97,17 @@ def _process_shard(shard_index, shard_count) -> tuple:
 
 
 def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | None = None,
-                    shard_count: int | None = None, workers: int = 0):
-  """An endless grain iterator of training batches for this process.
+                    shard_count: int | None = None, workers: int = 0, start_step: int = 0):
+  """An endless grain iterator of this process's slices of the global training batches.
 
-  Yields {"lr": float32 (B, n+1, c, c, 3), "gt": float32 (B, 2n+1, 4c, 4c, 3)} in [0, 1],
-  c = data_cfg.crop (32), n+1 = data_cfg.num_input_frames (4), B = batch_size (the batch
-  of this process). shard_index / shard_count default to jax.process_index() /
-  jax.process_count(). The same seed gives the same batches for any `workers`.
+  Yields {"lr": float32 (B, n+1, c, c, 3), "gt": float32 (B, 2n+1, 4c, 4c, 3)} in [0, 1] and
+  "digest": uint8 (B, DIGEST_BYTES) (`example_digest` of each example), c = data_cfg.crop
+  (32), n+1 = data_cfg.num_input_frames (4), B = batch_size (the batch of this process; the
+  global batch is shard_count B). The k-th batch yielded is rows [shard_index B,
+  (shard_index + 1) B) of global batch start_step + k, which depends on `seed` and the step
+  only: 1 process with batch 2B reads what 2 processes with batch B read together, bit for
+  bit. shard_index / shard_count default to jax.process_index() / jax.process_count(). The
+  same seed gives the same batches for any `workers`.
 
   data_cfg: name ("vimeo" | "embedded" | "frames"), crop, num_input_frames, augment, read_threads
   (threads per reading process, default 1); vimeo: root, list_file (a path, a path
@@ -93,14 +118,16 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
   """
   shard_index, shard_count = _process_shard(shard_index, shard_count)
   source = make_train_source(data_cfg)
-  ds = grain.MapDataset.source(source)[shard_index::shard_count]
+  ds = grain.MapDataset.source(source)
   if len(ds) == 0:
-    raise DataError(f"shard {shard_index} of {shard_count} is empty ({len(source)} records)")
-  seeds = np.random.SeedSequence([seed, shard_index]).generate_state(2)
-  ds = ds.shuffle(seed=int(seeds[0])).repeat()
+    raise DataError(f"the training source is empty ({source})")
+  # [seed, 0]: the seeds a one-process run has always used, so its batches are unchanged
+  seeds = np.random.SeedSequence([seed, 0]).generate_state(2)
+  ds = ds.shuffle(seed=int(seeds[0])).repeat()  # one global order; index: global position
   ds = ds.random_map(CropAugment(data_cfg.get("crop", 32), data_cfg.get("augment", True)),
                      seed=int(seeds[1]))
-  ds = ds.batch(batch_size, drop_remainder=True)
+  # global batch s = these batches s P ... s P + P - 1; this process's slice is the p-th
+  ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count][start_step:]
   threads = data_cfg.get("read_threads", 1)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2))
   if workers > 0:
