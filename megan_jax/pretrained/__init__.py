@@ -111,6 +111,19 @@ def _misfit(config, name: str, path: str, meta: dict, diff: str, workdir: str) -
       f"to {workdir}")
 
 
+def _check_finite(params, name: str, workdir: str) -> None:
+  """Refuses a parameter set holding NaN or Inf before it becomes a checkpoint: the run would stop
+  at its first step, and every rerun would meet that checkpoint instead of a good file."""
+  flat = traverse_util.flatten_dict(params)
+  bad = [k for k, v in flat.items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+  if bad:
+    what = f"{name} ({resolve(name)})" if name in PACKAGED else resolve(name)
+    listed = ", ".join("/".join(k) for k in sorted(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+    raise ValueError(f"config.pretrained: {what} holds NaN or Inf in {len(bad)} of its {len(flat)} "
+                     f"arrays ({listed}); export it again from a good checkpoint or give another "
+                     f"file. Nothing was written to {workdir}")
+
+
 def training(meta: dict) -> str:
   """The training behind a parameter file, earliest stage first, from its "started_from" chain:
   "1200 + 750 steps of configs/pretrain.py" (one config), else "1200 steps of A, then 750 of B"."""
@@ -137,6 +150,7 @@ def start_workdir(config, workdir: str, expected=None, announce: bool = True) ->
       params, expected_params(config) if expected is None else expected, "the file")
   if diff:
     raise _misfit(config, name, resolve(name), meta, diff, workdir)
+  _check_finite(params, name, workdir)
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     checkpointing.save_params(workdir, params)
   trained = f" ({training(meta)})" if "steps" in meta else ""
