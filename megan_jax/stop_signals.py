@@ -18,6 +18,7 @@ main.py reports in one line (exit 128 + the signal number, as training does).
 
 import contextlib
 import multiprocessing
+from multiprocessing import resource_tracker
 import os
 import signal
 import sys
@@ -96,20 +97,26 @@ class StopSignals:
   @contextlib.contextmanager
   def sparing_children(self):
     """Child processes started in the block (grain's data workers, multiprocessing's resource
-    tracker) ignore SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up reaches the whole process
-    group, and this process decides (SIG_IGN survives exec, and a Python started with SIGINT
-    ignored keeps ignoring it). SIGTERM, which ends them when this process exits, stays."""
-    spared = (signal.SIGINT, signal.SIGHUP)
+    tracker) never act on SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up reaches the whole
+    process group, and this process decides. The main thread blocks them for the block (a child
+    inherits its mask across fork and exec, and a Python started with them blocked keeps them
+    pending for ever); this process still acts on them at once, through its other threads, or,
+    were they all to block them too, as soon as the block ends: a signal is never dropped.
+    SIGTERM, which ends the children when this process exits, stays."""
+    spared = {signal.SIGINT, signal.SIGHUP}
     if not self._previous:
       yield
       return
-    for s in spared:
-      signal.signal(s, signal.SIG_IGN)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, spared)
     try:
+      # Starting multiprocessing's resource tracker unblocks SIGINT in this thread when done (its
+      # own guard, SIG_UNBLOCK rather than a restore); started here, it is running before the
+      # block's children, and the mask is set again for them.
+      resource_tracker.ensure_running()
+      signal.pthread_sigmask(signal.SIG_BLOCK, spared)
       yield
     finally:
-      for s in spared:
-        signal.signal(s, self._handle)
+      signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
   def _handle(self, signum, frame):  # the main thread, between bytecodes
     del frame

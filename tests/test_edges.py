@@ -2,8 +2,13 @@
 where they cannot be acted on at once, sizes the model cannot index. Each test states the
 user-visible outcome: what is on disk, the one line printed, the exit status."""
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -59,3 +64,75 @@ def test_non_finite_pretrained_is_refused_before_anything_is_written(data_root, 
   pretrained.save(config.pretrained, good, {})
   train.train_and_evaluate(config, workdir, MODEL)
   assert checkpointing.saved_steps(checkpointing.checkpoint_dir(workdir)) == [0, 1]
+
+
+def _script(workdir: str, *args, env=None, **fields) -> subprocess.Popen:
+  """This file as `python -m megan_jax.main` with the toy model (see the end of the file)."""
+  cmd = [sys.executable, __file__, "--config=configs/vimeo.py:tiny", f"--workdir={workdir}", *args]
+  if "data_root" in fields:
+    cmd += train_fakes.overrides(fields.pop("data_root"), **fields)
+  return subprocess.Popen(cmd, cwd=train_fakes.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def _wait_for(proc, text: str) -> None:
+  for line in proc.stdout:
+    if line.startswith(text):
+      return
+  raise AssertionError(f"{text!r} never printed: {proc.communicate()[1][-3000:]}")
+
+
+def _one_line_end(proc, timeout: float = 60) -> tuple[str, str]:
+  try:
+    _, err = proc.communicate(timeout=timeout)
+  finally:
+    proc.kill()
+  assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+  lines = err.strip().splitlines()
+  assert lines, f"exit status {proc.returncode} and nothing on stderr: the signal was dropped"
+  return err, lines[-1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_a_signal_while_the_data_workers_start_is_acted_on(signum, data_root, tmp_path):
+  """A terminal's Ctrl-C or hang-up (to the whole process group) while the first batch starts
+  grain's workers, a window in which the run shields its children: one line, 128 + n, at once;
+  the children end with it."""
+  workdir = str(tmp_path / "run")
+  proc = _script(workdir, env={"EDGE_WINDOW": "20"}, data_root=data_root, num_steps=2,
+                 data__workers=2)
+  _wait_for(proc, "in the window")
+  workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True,
+                           check=False).stdout.split()
+  sent = time.time()
+  os.killpg(proc.pid, signum)
+  err, last = _one_line_end(proc)
+  assert time.time() - sent < 15, err  # not at the end of the 20 s window
+  assert proc.returncode == 128 + signum, err[-3000:]
+  assert last == (f"megan_jax: error: stopped by {signal.Signals(signum).name} before the first "
+                  f"training step finished: nothing to save; rerun the same command to start")
+  assert workers and not checkpointing.has_checkpoints(workdir)
+  time.sleep(0.5)
+  assert not [w for w in workers if os.path.exists(f"/proc/{w}")
+              and open(f"/proc/{w}/stat", encoding="utf-8").read().rsplit(")", 1)[1].split()[0]
+              != "Z"]
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, train_fakes.REPO)
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from megan_jax import main, stop_signals  # pylint: disable=g-import-not-at-top
+  _train = train.train_and_evaluate
+  train.train_and_evaluate = lambda config, workdir: _train(config, workdir, model=MODEL)
+  if "EDGE_WINDOW" in os.environ:  # hold the window in which the data workers start open
+    _sparing = stop_signals.StopSignals.sparing_children
+
+    @contextlib.contextmanager
+    def _held_open(self):
+      with _sparing(self):
+        yield
+        print("in the window", flush=True)
+        time.sleep(float(os.environ["EDGE_WINDOW"]))
+
+    stop_signals.StopSignals.sparing_children = _held_open
+  app.run(main.main, flags_parser=main._parse)  # pylint: disable=protected-access
