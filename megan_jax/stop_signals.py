@@ -16,6 +16,7 @@ ends the process with `os._exit` (after killing its data-loading worker processe
 main.py reports in one line (exit 128 + the signal number, as training does).
 """
 
+import _thread
 import contextlib
 import multiprocessing
 from multiprocessing import resource_tracker
@@ -53,23 +54,50 @@ def stop_on_signals(what: str, advice: str = "rerun the same command to start ag
   "stopped by SIGINT (Ctrl-C) during <what>; <advice>". The first one only: later ones are ignored
   while the exception unwinds, so that the cleanup on the way (`paths.staged`) completes. A signal
   that was ignored before (SIGHUP under nohup) stays ignored; off the main thread nothing changes.
+  One that lands where Python cannot raise (a gc callback, a __del__) is delivered again.
   """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
   caught = [s for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
 
+  dropped, timers = [], []  # the signal of an Interrupted that Python dropped; its redelivery
+
   def handle(signum, frame):
     del frame
+    dropped.clear()
     for s in caught:
       signal.signal(s, signal.SIG_IGN)
     name = signal.Signals(signum).name + (" (Ctrl-C)" if signum == signal.SIGINT else "")
     raise Interrupted(f"stopped by {name} during {what}; {advice}", signum)
 
+  def swallowed(unraisable):
+    """Python drops an exception raised where it cannot propagate (a gc callback such as jax's
+    `_xla_gc_callback`, a __del__): the signal is delivered again a moment later, from another
+    thread, to land in the block's own code (or at its end)."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+      previous_hook(unraisable)
+      return
+    signum = unraisable.exc_value.exit_code - 128
+    dropped[:] = [signum]
+    for s in caught:
+      signal.signal(s, handle)
+    timer = threading.Timer(0.05, lambda: dropped and _thread.interrupt_main(signum))
+    timers.append(timer)
+    timer.start()
+
   previous = {s: signal.signal(s, handle) for s in caught}
+  previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed
   try:
     yield
+    if dropped:  # the block ended before the signal came back
+      handle(dropped[0], None)
   finally:
+    dropped.clear()
+    for timer in timers:
+      timer.cancel()
+      timer.join()
+    sys.unraisablehook = previous_hook
     for s, handler in previous.items():
       signal.signal(s, handler)
 
