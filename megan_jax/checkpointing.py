@@ -47,10 +47,11 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from megan_jax import fingerprint, orbax_noise, paths, run_config
+from megan_jax import fingerprint, orbax_noise, paths, run_config, workdir_lock
 
 BEST_METRIC = "val_psnr_y"
 FINGERPRINTS = "fingerprints"  # the key of the fingerprints in a step's custom metadata
+DELETED = "deleted while it was read"
 UNREADABLE_DIR = "unreadable_checkpoints"  # in the workdir: where resuming moves unreadable ones
 _REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
             "Permission denied")
@@ -216,23 +217,29 @@ def _newest_readable(manager: ocp.CheckpointManager, read, steps: list[int]):
   metadata and `read` succeed; raises CheckpointError when none does.
 
   `read` may raise an ArchitectureError (another model), which is raised as it is: an older step
-  would not fit either.
+  would not fit either. A step whose folder is gone after a failed read was deleted while it was
+  read (a running training keeps only its last checkpoints): it is skipped without a warning.
   """
   failed = []
   for step in sorted(steps, reverse=True):
     try:
       metadata = manager.item_metadata(step)["state"]
-    except Exception as e:  # pylint: disable=broad-except  # orbax raises plain Exceptions too
-      failed.append((step, _reason(e)))
-      continue
-    metadata = metadata.tree if hasattr(metadata, "tree") else metadata
-    try:
-      return read(step, metadata), step, failed
+      metadata = metadata.tree if hasattr(metadata, "tree") else metadata
+      return read(step, metadata), step, [f for f in failed if f[1] != DELETED]
     except ArchitectureError:
       raise
-    except Exception as e:  # pylint: disable=broad-except
-      failed.append((step, _reason(e)))
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises plain Exceptions too
+      gone = not os.path.isdir(os.path.join(str(manager.directory), str(step)))
+      failed.append((step, DELETED if gone else _reason(e)))
   bad = ", ".join(f"step {s} ({r})" for s, r in failed)
+  workdir = os.path.dirname(str(manager.directory))
+  if busy := workdir_lock.holder(workdir):
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad}; {workdir} is "
+                          f"being written by a running training ({busy}): rerun once it has "
+                          f"saved its next checkpoint")
+  if all(r == DELETED for _, r in failed):
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad} by another "
+                          f"process; rerun to read the checkpoints there now")
   raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad}; restore them from "
                         f"a backup, or move the folder away to start from scratch")
 
@@ -363,8 +370,11 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
   """
   manager = _existing_manager(workdir)
   if step is not None and step not in manager.all_steps():
-    raise FileNotFoundError(
-        f"no checkpoint for step {step} in workdir {workdir!r}; available: {list(manager.all_steps())}")
+    busy = workdir_lock.holder(workdir)
+    running = (f" ({workdir} is being written by a running training ({busy}), which keeps only "
+               f"its last checkpoints)" if busy else "")
+    raise FileNotFoundError(f"no checkpoint for step {step} in workdir {workdir!r}; available: "
+                            f"{list(manager.all_steps())}{running}")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def read(s, tree):

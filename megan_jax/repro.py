@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from megan_jax import checkpointing, fingerprint, logging_utils, report, run_config
+from megan_jax import checkpointing, fingerprint, logging_utils, report, run_config, workdir_lock
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 # config fields that do not change what is computed: listed by `compare`, not counted as differences
@@ -197,17 +197,29 @@ def module_differences(a, b) -> dict[str, tuple[float, float]]:
 
 
 def _checkpoint_lines(a: str, b: str, step: int | None) -> tuple[list[str], bool]:
-  steps_a = checkpointing.saved_steps(checkpointing.checkpoint_dir(a))
-  steps_b = checkpointing.saved_steps(checkpointing.checkpoint_dir(b))
-  common = sorted(set(steps_a) & set(steps_b))
-  if step is None and not common:
-    return [f"checkpoints: no step in both (A {steps_a}, B {steps_b})"], True
-  step = common[-1] if step is None else step
-  for name, have in (("A", steps_a), ("B", steps_b)):
-    if step not in have:
-      raise ValueError(f"config.compare.step: run {name} has no checkpoint of step {step} "
-                       f"(it has {have})")
-  pa, pb = (checkpointing.restore_params(w, step)[0] for w in (a, b))
+  for attempt in range(5):  # a run that is training may delete the common step while it is read
+    steps_a = checkpointing.saved_steps(checkpointing.checkpoint_dir(a))
+    steps_b = checkpointing.saved_steps(checkpointing.checkpoint_dir(b))
+    common = sorted(set(steps_a) & set(steps_b))
+    if step is None and not common:
+      return [f"checkpoints: no step in both (A {steps_a}, B {steps_b})"], True
+    chosen = common[-1] if step is None else step
+    for name, have, run in (("A", steps_a, a), ("B", steps_b, b)):
+      if chosen not in have:
+        busy = workdir_lock.holder(run)
+        running = (f"; {run} is being written by a running training ({busy}), which keeps only "
+                   f"its last checkpoints" if busy else "")
+        raise ValueError(f"config.compare.step: run {name} has no checkpoint of step {chosen} "
+                         f"(it has {have}){running}")
+    try:
+      pa, pb = (checkpointing.restore_params(w, chosen)[0] for w in (a, b))
+      break
+    except (checkpointing.CheckpointError, FileNotFoundError):
+      deleted = any(chosen not in checkpointing.saved_steps(checkpointing.checkpoint_dir(w))
+                    for w in (a, b))
+      if step is not None or not deleted or attempt == 4:
+        raise
+  step = chosen
   try:
     checkpointing.check_shapes(pb, pa, f"checkpoint step {step} of B")
   except checkpointing.ArchitectureError as e:

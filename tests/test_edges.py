@@ -5,6 +5,7 @@ user-visible outcome: what is on disk, the one line printed, the exit status."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +14,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from megan_jax import checkpointing, pretrained, report, stop_signals, train
+from megan_jax import checkpointing, pretrained, report, repro, stop_signals, train
 
 MODEL = train_fakes.ToyModel()
 
@@ -116,6 +118,59 @@ def test_a_signal_while_the_data_workers_start_is_acted_on(signum, data_root, tm
   assert not [w for w in workers if os.path.exists(f"/proc/{w}")
               and open(f"/proc/{w}/stat", encoding="utf-8").read().rsplit(")", 1)[1].split()[0]
               != "Z"]
+
+
+def _params_run(workdir: str, steps) -> str:
+  """A run folder whose checkpoints `steps` hold the toy model's parameters."""
+  params = jax.jit(lambda: MODEL.init(jax.random.key(0), jnp.zeros((1, 4, 8, 8, 3)))["params"])()
+  manager = checkpointing.make_manager(workdir, async_save=False)
+  for step in steps:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})),
+                 force=True)
+  manager.close()
+  return workdir
+
+
+def _hold_lock(workdir: str) -> subprocess.Popen:
+  """A process holding WORKDIR/.lock as a running training does."""
+  code = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
+          " f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(120)")
+  child = subprocess.Popen([sys.executable, "-c", code, os.path.join(workdir, ".lock")],
+                           stdout=subprocess.PIPE, text=True)
+  assert child.stdout.readline().strip() == "locked"
+  return child
+
+
+def test_compare_and_eval_while_a_training_deletes_the_step_they_read(tmp_path, monkeypatch):
+  """A training keeping its last checkpoints deletes the step another command is reading: compare
+  reads the step both runs hold now; a given step says a training is writing the folder, and
+  never advises moving it away."""
+  a, b = _params_run(str(tmp_path / "a"), [1, 2]), _params_run(str(tmp_path / "b"), [1, 2])
+  restore = ocp.CheckpointManager.restore
+
+  def deleted_while_read(manager, step, *args, **kwargs):
+    path = os.path.join(str(manager.directory), str(step))
+    if path == os.path.join(checkpointing.checkpoint_dir(a), "2"):  # A saved 3, dropped 2
+      shutil.copytree(path, os.path.join(str(manager.directory), "3"), dirs_exist_ok=True)
+      shutil.rmtree(path)
+    return restore(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", deleted_while_read)
+  lines, identical = repro._checkpoint_lines(a, b, None)  # pylint: disable=protected-access
+  assert identical and lines[0].startswith("checkpoint step 1: parameters identical")
+
+  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(a), "3"),
+                  os.path.join(checkpointing.checkpoint_dir(a), "2"))
+  holder = _hold_lock(a)
+  try:
+    with pytest.raises(checkpointing.CheckpointError) as info:
+      checkpointing.restore_params(a, 2)
+  finally:
+    holder.kill()
+  message = str(info.value)
+  assert f"step 2 (deleted while it was read); {os.path.abspath(a)} is being written by a " \
+         f"running training (PID {holder.pid})" in message
+  assert "move the folder away" not in message and "backup" not in message
 
 
 class _SignalInGC:
