@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from megan_jax import checkpointing, pretrained, report, repro, stop_signals, train
+from megan_jax import checkpointing, config_check, pretrained, report, repro, stop_signals, train
 
 MODEL = train_fakes.ToyModel()
 
@@ -171,6 +171,37 @@ def test_compare_and_eval_while_a_training_deletes_the_step_they_read(tmp_path, 
   assert f"step 2 (deleted while it was read); {os.path.abspath(a)} is being written by a " \
          f"running training (PID {holder.pid})" in message
   assert "move the folder away" not in message and "backup" not in message
+
+
+def test_a_crop_the_model_cannot_index_is_refused_before_init(data_root):
+  """data.crop=100000 was a 71-line int32 OverflowError from inside the model's init; the
+  largest side allowed is the exact limit of the deformable sampling's indices."""
+  config = train_fakes.fast_config("tiny", data_root, data__crop=100000)
+  with pytest.raises(ValueError) as info:
+    config_check.check(config)
+  side = config_check.max_side(config)
+  assert str(info.value) == (
+      f"config.data.crop: 100000; the model cannot index frames that large (its deformable "
+      f"sampling has int32 indices: (side + 1)^2 x model.groups < 2^31): at most {side} for "
+      f"model.groups={config.model.groups}")
+  config.data.crop = side
+  config_check.check(config)
+  pretrained.expected_params(config)  # traces the model's init at that size: no overflow
+  config.data.crop = side + 4
+  with pytest.raises(OverflowError):
+    pretrained.expected_params(config)
+
+
+def test_a_crop_larger_than_the_frames_is_refused_before_init(data_root):
+  """data.crop=1000 met its clear line only after the model's init at that size (15 s)."""
+  config = train_fakes.fast_config("tiny", data_root, data__crop=1000)
+  start = time.time()
+  with pytest.raises(ValueError) as info:
+    train.validate_config(config)
+  assert time.time() - start < 5
+  assert str(info.value) == (
+      f"config.data.crop: 1000 is larger than the 24x16 LR frames of the training data "
+      f"({data_root}/sequences/00001/0001); the crop is in LR pixels: at most 16 here")
 
 
 class _SignalInGC:
