@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from megan_jax import checkpointing, config_check, pretrained, report, repro, stop_signals, train
+from megan_jax import checkpointing, config_check, plots, pretrained, report, repro, stop_signals, train
 
 MODEL = train_fakes.ToyModel()
 
@@ -202,6 +203,18 @@ def test_a_crop_larger_than_the_frames_is_refused_before_init(data_root):
   assert str(info.value) == (
       f"config.data.crop: 1000 is larger than the 24x16 LR frames of the training data "
       f"({data_root}/sequences/00001/0001); the crop is in LR pixels: at most 16 here")
+
+
+def test_clip_names_in_any_script_plot_without_glyph_warnings(tmp_path):
+  frames = [{"index": i, "psnr_y": 30.0 + i, "interpolated": i % 2 == 1} for i in range(3)]
+  clips = [{"name": "日本の猫", "frames": frames}, {"name": "Ünïcødé", "frames": frames}]
+  results = {m: {"clips": clips} for m in ("MEGAN", "Bicubic+blending")}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # matplotlib's "Glyph 26085 ... missing from font(s)"
+    drawn = plots.plot_psnr_per_frame(str(tmp_path / "p.png"), results, title="集合",
+                                      model="MEGAN", baseline="Bicubic+blending")
+  assert [c["name"] for c in drawn] == ["日本の猫", "Ünïcødé"]
+  assert plots.drawable("日本 Ünï") == "\\u65e5\\u672c Ünï"  # Latin-1 the font has
 
 
 class _SignalInGC:
