@@ -5,6 +5,7 @@ user-visible outcome: what is on disk, the one line printed, the exit status."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from megan_jax import checkpointing, config_check, plots, pretrained, report, repro, stop_signals, train
+from megan_jax import checkpointing, config_check, convert, plots, pretrained, report, repro, stop_signals, train
 
 MODEL = train_fakes.ToyModel()
 
@@ -215,6 +216,23 @@ def test_clip_names_in_any_script_plot_without_glyph_warnings(tmp_path):
                                       model="MEGAN", baseline="Bicubic+blending")
   assert [c["name"] for c in drawn] == ["日本の猫", "Ünïcødé"]
   assert plots.drawable("日本 Ünï") == "\\u65e5\\u672c Ünï"  # Latin-1 the font has
+
+
+def test_a_wrong_file_or_workdir_leaves_no_empty_folder(tmp_path):
+  """The converter given a .npz of other tensors, export given a workdir that does not exist: one
+  error, and no folder made on the way."""
+  wrong = str(tmp_path / "other.npz")
+  np.savez(wrong, **{"encoder.weight": np.zeros((4, 3, 3, 3), np.float32)})
+  workdir = str(tmp_path / "converted")
+  with pytest.raises(convert.ConversionError, match=f"^{re.escape(wrong)}: "):
+    convert.convert(wrong, workdir)
+  assert not os.path.exists(workdir)
+
+  config = train_fakes.fast_config("tiny", str(tmp_path))
+  missing = str(tmp_path / "no_such_run")
+  with pytest.raises(FileNotFoundError, match="no checkpoint in workdir"):
+    pretrained.export(config, missing, "configs/vimeo.py")
+  assert not os.path.exists(missing)
 
 
 class _SignalInGC:

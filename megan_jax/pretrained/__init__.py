@@ -168,11 +168,12 @@ def export(config, workdir: str, config_file: str) -> str:
   if not output.endswith(".npz") and not os.path.isdir(output):  # a folder: writable_file says so
     raise ValueError(f"config.export.output: {output} does not end in .npz; give a .npz file path "
                      f"(config.pretrained reads .npz files)")
-  output = paths.writable_file(output, "config.export.output")
-  if os.path.exists(output) and not config.export.overwrite:
-    raise FileExistsError(f"config.export.output: {output} exists; choose another path or set "
-                          f"--config.export.overwrite=True to replace it")
+  if os.path.isfile(output) and not config.export.overwrite:
+    raise FileExistsError(f"config.export.output: {os.path.abspath(output)} exists; choose another "
+                          f"path or set --config.export.overwrite=True to replace it")
+  # read before the output's folder is made: a workdir without checkpoints leaves nothing behind
   params, step = checkpointing.restore_params(workdir, config.export.step)
+  output = paths.writable_file(output, "config.export.output")
   meta = {"steps": int(step), "workdir": os.path.abspath(workdir), "config_file": config_file,
           "model": config.model.to_dict()}
   if config.pretrained:  # the run fine-tuned these: their history, so steps add up
