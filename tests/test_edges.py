@@ -15,12 +15,17 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 import train_fakes
-from megan_jax import checkpointing, config_check, convert, plots, pretrained, report, repro, stop_signals, train
+from megan_jax import (checkpointing, config_check, evaluate, plots, pretrained, report,
+                       repro, stop_signals, train)
+from megan_jax.data.pipeline import open_eval_dataset
+from megan_jax.data.sources import DataError
 
 MODEL = train_fakes.ToyModel()
 
@@ -221,6 +226,8 @@ def test_clip_names_in_any_script_plot_without_glyph_warnings(tmp_path):
 def test_a_wrong_file_or_workdir_leaves_no_empty_folder(tmp_path):
   """The converter given a .npz of other tensors, export given a workdir that does not exist: one
   error, and no folder made on the way."""
+  # convert defines absl flags that main's (this file run as a script) would clash with
+  from megan_jax import convert  # pylint: disable=import-outside-toplevel
   wrong = str(tmp_path / "other.npz")
   np.savez(wrong, **{"encoder.weight": np.zeros((4, 3, 3, 3), np.float32)})
   workdir = str(tmp_path / "converted")
@@ -233,6 +240,20 @@ def test_a_wrong_file_or_workdir_leaves_no_empty_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint in workdir"):
     pretrained.export(config, missing, "configs/vimeo.py")
   assert not os.path.exists(missing)
+
+
+def test_frames_too_small_to_score_name_the_clip(tmp_path):
+  clip = tmp_path / "set" / "dot"
+  clip.mkdir(parents=True)
+  for t in range(7):
+    Image.fromarray(np.full((1, 1, 3), 100, np.uint8)).save(clip / f"{t}.png")
+  (seq,) = open_eval_dataset(ml_collections.ConfigDict({"kind": "folders",
+                                                        "root": str(tmp_path / "set")}))
+  with pytest.raises(DataError) as info:
+    evaluate.evaluate_sequences(evaluate.baseline_predict_fn, [seq], progress=False)
+  assert str(info.value) == (
+      f"{clip}: frames are 1x1 pixels; a clip to score needs at least 4x4 (the GT is cut to "
+      f"multiples of 4, the LR input is a quarter of it): leave it out of the test set")
 
 
 class _SignalInGC:
