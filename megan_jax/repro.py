@@ -172,15 +172,27 @@ def _log_lines(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[str], bool]
   if set(a) != set(b):
     lines.append(f"logged steps differ: A has {len(a)} (up to {max(a, default=0)}), B has "
                  f"{len(b)} (up to {max(b, default=0)}); {len(common)} in both")
+  # a checkpoint's fingerprints are logged when it is saved: a run that saved at a step the other
+  # did not (stopped by a signal there, another checkpoint_every) has them on one side only
+  one_sided = lambda k, x, y: k.startswith("fingerprints.") and (x is None or y is None)
+  unsaved = []
   for step in common:
-    fields = [f"{k} {a[step].get(k)!r} vs {b[step].get(k)!r}"
-              for k in sorted(set(a[step]) | set(b[step])) if a[step].get(k) != b[step].get(k)]
+    keys = sorted(set(a[step]) | set(b[step]))
+    fields = [f"{k} {a[step].get(k)!r} vs {b[step].get(k)!r}" for k in keys
+              if a[step].get(k) != b[step].get(k) and not one_sided(k, a[step].get(k),
+                                                                  b[step].get(k))]
     if fields:
       lines.append(f"first difference at step {step}: " + "; ".join(fields[:6]))
       return lines, False
-  printed = sum(1 for s in common if any(k.startswith("fingerprints.") for k in a[s]))
+    if any(one_sided(k, a[step].get(k), b[step].get(k)) for k in keys):
+      unsaved.append(step)
+  printed = sum(1 for s in common if any(k.startswith("fingerprints.") for k in a[s])
+                and s not in unsaved)
   lines.append(f"logs: all {len(common)} common steps agree (losses and the fingerprints of "
                f"{printed} checkpoints, bit for bit)")
+  if unsaved:
+    lines.append(f"  (steps {unsaved}: one run saved a checkpoint there and the other did not; "
+                 f"nothing to compare, not a difference)")
   return lines, set(a) == set(b)
 
 

@@ -256,6 +256,24 @@ def test_frames_too_small_to_score_name_the_clip(tmp_path):
       f"multiples of 4, the LR input is a quarter of it): leave it out of the test set")
 
 
+def test_compare_counts_a_fingerprint_logged_by_one_run_only_as_no_difference():
+  """Run A was stopped by a signal at step 3 and saved there; B went on: A logged fingerprints at
+  step 3 and B did not. Every value both runs logged agrees."""
+  same = {"loss": 0.25, "lr": 1e-4}
+  prints = {"fingerprints.params": "e56d", "fingerprints.data": "01ab"}
+  a = {2: {**same, **prints}, 3: {**same, **prints}, 4: dict(same)}
+  b = {2: {**same, **prints}, 3: dict(same), 4: {**same, **prints}}
+  lines, same_logs = repro._log_lines(a, b)  # pylint: disable=protected-access
+  assert same_logs, lines
+  assert lines == ["logs: all 3 common steps agree (losses and the fingerprints of 1 checkpoints, "
+                   "bit for bit)", "  (steps [3, 4]: one run saved a checkpoint there and the "
+                   "other did not; nothing to compare, not a difference)"]
+  b[2] = {**same, **prints, "fingerprints.params": "ffff"}  # a real difference still counts
+  lines, same_logs = repro._log_lines(a, b)  # pylint: disable=protected-access
+  assert not same_logs and lines == [
+      "first difference at step 2: fingerprints.params 'e56d' vs 'ffff'"]
+
+
 class _SignalInGC:
   """An object whose finaliser receives a Ctrl-C, as jax's `_xla_gc_callback` did during infer's
   compile: Python drops an exception raised there ("Exception ignored in ...")."""
