@@ -274,6 +274,19 @@ def test_compare_counts_a_fingerprint_logged_by_one_run_only_as_no_difference():
       "first difference at step 2: fingerprints.params 'e56d' vs 'ffff'"]
 
 
+def test_a_partial_vimeo_copy_points_at_its_own_list(data_root, tmp_path):
+  """The paper's command (the packaged 'train' list) on a copy of a few septuplets that has its
+  own sep_trainlist.txt: the line says which list file to give."""
+  config = train_fakes.fast_config("tiny", data_root, data__list_file="train")
+  with pytest.raises(DataError) as info:
+    train.validate_config(config)
+  own = os.path.join(data_root, "sep_trainlist.txt")
+  assert str(info.value).endswith(
+      f"; the list is the packaged 'train' (64612 clips), and {data_root} has its own "
+      f"sep_trainlist.txt: give it as the list file (--config.data.list_file={own} for training)")
+  assert str(info.value).startswith(f"{data_root}/sequences: 64608 GT clip folders of the list")
+
+
 class _SignalInGC:
   """An object whose finaliser receives a Ctrl-C, as jax's `_xla_gc_callback` did during infer's
   compile: Python drops an exception raised there ("Exception ignored in ...")."""
