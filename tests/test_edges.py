@@ -24,7 +24,7 @@ from PIL import Image
 import train_fakes
 from megan_jax import (checkpointing, config_check, evaluate, plots, pretrained, report,
                        repro, stop_signals, train)
-from megan_jax.data.pipeline import open_eval_dataset
+from megan_jax.data.pipeline import make_train_iter, open_eval_dataset
 from megan_jax.data.sources import DataError
 
 MODEL = train_fakes.ToyModel()
@@ -285,6 +285,15 @@ def test_a_partial_vimeo_copy_points_at_its_own_list(data_root, tmp_path):
       f"; the list is the packaged 'train' (64612 clips), and {data_root} has its own "
       f"sep_trainlist.txt: give it as the list file (--config.data.list_file={own} for training)")
   assert str(info.value).startswith(f"{data_root}/sequences: 64608 GT clip folders of the list")
+
+
+def test_reading_threads_are_all_used_without_a_warning(data_root, caplog):
+  """config.data.read_threads=4 (configs/vimeo.py's) printed grain's "prefetch_buffer_size=2 is
+  smaller than num_threads=4" W-line before the run's summary, and used 2 of the 4 threads."""
+  config = train_fakes.fast_config("tiny", data_root, data__read_threads=4)
+  batch = next(make_train_iter(config.data, batch_size=2, seed=0))
+  assert batch["lr"].shape == (2, 4, 8, 8, 3)
+  assert not [r for r in caplog.records if "prefetch_buffer_size" in r.getMessage()]
 
 
 class _SignalInGC:
