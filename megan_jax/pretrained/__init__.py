@@ -168,6 +168,9 @@ def export(config, workdir: str, config_file: str) -> str:
   if not output.endswith(".npz") and not os.path.isdir(output):  # a folder: writable_file says so
     raise ValueError(f"config.export.output: {output} does not end in .npz; give a .npz file path "
                      f"(config.pretrained reads .npz files)")
+  if os.path.isdir(output):
+    raise IsADirectoryError(f"config.export.output: {os.path.abspath(output)} is a directory; "
+                            f"give a file path")
   if os.path.isfile(output) and not config.export.overwrite:
     raise FileExistsError(f"config.export.output: {os.path.abspath(output)} exists; choose another "
                           f"path or set --config.export.overwrite=True to replace it")
