@@ -296,6 +296,37 @@ def test_reading_threads_are_all_used_without_a_warning(data_root, caplog):
   assert not [r for r in caplog.records if "prefetch_buffer_size" in r.getMessage()]
 
 
+_IMPORTING = """
+import os, runpy, signal, sys
+class SignalOnImport:  # the signal lands while megan_jax.main imports ml_collections
+  def find_spec(self, name, path=None, target=None):
+    if name == "ml_collections":
+      os.kill(os.getpid(), signal.SIGTERM)
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["megan_jax.main", "--config=configs/vimeo.py", "--mode=config"]
+runpy.run_module("megan_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_signal_where_no_run_handles_signals_is_one_line(tmp_path):
+  """SIGTERM while the program imports, and during --mode=export (no run's handler there): one
+  line and 128 + 15, where it was a silent death (and Ctrl-C a KeyboardInterrupt traceback)."""
+  proc = subprocess.run([sys.executable, "-c", _IMPORTING], cwd=train_fakes.REPO, text=True,
+                        capture_output=True, timeout=120, check=False)
+  assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, proc.stderr[-2000:])
+  assert proc.stderr.strip().splitlines() == [
+      "megan_jax: error: stopped by SIGTERM while starting; nothing was written: rerun the same "
+      "command"]
+
+  workdir = _params_run(str(tmp_path / "run"), [1])
+  proc = _script(workdir, "--mode=export", env={"EDGE_SIGNAL_IN_EXPORT": "1"})
+  err, last = _one_line_end(proc)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert last == ("megan_jax: error: stopped by SIGTERM; what was already saved is kept: rerun "
+                  "the same command to continue")
+  assert os.listdir(workdir) == ["checkpoints"]
+
+
 class _SignalInGC:
   """An object whose finaliser receives a Ctrl-C, as jax's `_xla_gc_callback` did during infer's
   compile: Python drops an exception raised there ("Exception ignored in ...")."""
@@ -334,4 +365,10 @@ if __name__ == "__main__":
         time.sleep(float(os.environ["EDGE_WINDOW"]))
 
     stop_signals.StopSignals.sparing_children = _held_open
+  if "EDGE_SIGNAL_IN_EXPORT" in os.environ:  # a SIGTERM while the parameters are read
+    def _export(*args):
+      del args
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(30)
+    pretrained.export = _export
   app.run(main.main, flags_parser=main._parse)  # pylint: disable=protected-access
