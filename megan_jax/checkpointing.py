@@ -347,6 +347,11 @@ def _existing_manager(workdir: str) -> ocp.CheckpointManager:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir: {workdir} is a file, not a run directory; give the "
                              f"--workdir that training wrote its checkpoints to")
+  if not os.path.isdir(directory) or not saved_steps(directory):
+    if busy := workdir_lock.holder(workdir):
+      raise FileNotFoundError(f"no checkpoint in workdir {workdir!r} yet: it is being written by "
+                              f"a running training ({busy}); rerun once it has saved its first "
+                              f"checkpoint (config.checkpoint_every)")
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"no checkpoint in workdir {workdir!r}: {directory} does not exist; train first with "

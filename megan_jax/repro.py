@@ -128,6 +128,9 @@ def _read_run(workdir: str) -> tuple[dict, list[dict], dict[int, dict]]:
                             f"(--workdir=A --config.compare.other=B)")
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
+    if busy := workdir_lock.holder(workdir):
+      raise ValueError(f"compare: {workdir} is being written by a running training ({busy}) that "
+                       f"has not recorded its config.json yet; rerun in a moment")
     raise ValueError(f"compare: {workdir} is not a run folder (no config.json); give the "
                      f"--workdir of a training run")
   try:

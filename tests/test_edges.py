@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -294,6 +295,43 @@ def test_reading_threads_are_all_used_without_a_warning(data_root, caplog):
   batch = next(make_train_iter(config.data, batch_size=2, seed=0))
   assert batch["lr"].shape == (2, 4, 8, 8, 3)
   assert not [r for r in caplog.records if "prefetch_buffer_size" in r.getMessage()]
+
+
+def test_two_commands_starting_one_workdir_from_pretrained_share_its_step_0(tmp_path):
+  """An eval and a training (or two evals) started together on an empty workdir with the same
+  config.pretrained: the second waits for the first's step 0 and uses it; it was refused with
+  "in use by another training run ... stop it (kill PID)"."""
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  params = jax.jit(lambda: MODEL.init(jax.random.key(0), jnp.zeros((1, 4, 8, 8, 3)))["params"])()
+  config = train_fakes.fast_config("tiny", str(tmp_path), pretrained=str(tmp_path / "p.npz"))
+  pretrained.save(config.pretrained, params, {})
+  holder = _hold_lock(workdir)  # the first command, writing step 0 under the lock
+  try:
+    threading.Timer(1.0, checkpointing.save_params, [workdir, params]).start()
+    assert pretrained.start_workdir(config, workdir, expected=params) is None
+  finally:
+    holder.kill()
+  assert checkpointing.saved_steps(checkpointing.checkpoint_dir(workdir)) == [0]
+
+
+def test_eval_and_compare_of_a_training_that_saved_nothing_yet_say_so(tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  holder = _hold_lock(workdir)
+  try:
+    with pytest.raises(FileNotFoundError) as info:
+      checkpointing.restore_params(workdir)
+    with pytest.raises(ValueError) as compare_info:
+      repro.compare(workdir, workdir)
+  finally:
+    holder.kill()
+  assert str(info.value) == (
+      f"no checkpoint in workdir {workdir!r} yet: it is being written by a running training (PID "
+      f"{holder.pid}); rerun once it has saved its first checkpoint (config.checkpoint_every)")
+  assert str(compare_info.value) == (
+      f"compare: {workdir} is being written by a running training (PID {holder.pid}) that has "
+      f"not recorded its config.json yet; rerun in a moment")
 
 
 _IMPORTING = """

@@ -17,6 +17,7 @@ import datetime
 import importlib.resources
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ from megan_jax.models import build_model
 PACKAGED = {"demo_small": "demo_small.npz"}
 FITS = {"demo_small": "configs/demo.py"}  # the config whose model each packaged set is
 META_KEY = "__meta__"
+BUSY_WAIT_S = 60  # how long a start waits for another command writing the same step 0
 
 
 def resolve(name: str) -> str:
@@ -151,13 +153,31 @@ def start_workdir(config, workdir: str, expected=None, announce: bool = True) ->
   if diff:
     raise _misfit(config, name, resolve(name), meta, diff, workdir)
   _check_finite(params, name, workdir)
-  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-    checkpointing.save_params(workdir, params)
+  try:
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+      if checkpointing.has_checkpoints(workdir):  # another command started it meanwhile
+        return None
+      checkpointing.save_params(workdir, params)
+  except workdir_lock.WorkdirBusyError:
+    # two commands started from config.pretrained at once (an eval and a training, two evals):
+    # the other one is writing this step 0; a training that holds the workdir for long is refused
+    if _wait_for_checkpoint(workdir, BUSY_WAIT_S):
+      return None
+    raise
   trained = f" ({training(meta)})" if "steps" in meta else ""
   source = f"the parameters {name}{trained}"
   if announce:
     progress.note(f"starting {workdir} from {source}")
   return source
+
+
+def _wait_for_checkpoint(workdir: str, seconds: float) -> bool:
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline:
+    if checkpointing.has_checkpoints(workdir):
+      return True
+    time.sleep(0.1)
+  return checkpointing.has_checkpoints(workdir)
 
 
 def export(config, workdir: str, config_file: str) -> str:
