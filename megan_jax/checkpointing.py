@@ -37,6 +37,7 @@ one. Checkpoints saved before fingerprints existed are checked for NaN/Inf only.
 """
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -212,6 +213,15 @@ def check_shapes(saved_params, expected_params, where: str) -> None:
         f"config the run was trained with, or another --workdir")
 
 
+def _deleted(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether checkpoint `step`, which failed to read, was being deleted (by a running training's
+  retention: orbax removes its files, then the folder, so a moment's wait tells)."""
+  path = os.path.join(str(manager.directory), str(step))
+  if os.path.isdir(path) and workdir_lock.holder(os.path.dirname(str(manager.directory))):
+    time.sleep(0.5)
+  return not os.path.isdir(path)
+
+
 def _newest_readable(manager: ocp.CheckpointManager, read, steps: list[int]):
   """(read(step, metadata), step, unreadable steps) for the newest step in `steps` whose state
   metadata and `read` succeed; raises CheckpointError when none does.
@@ -229,8 +239,7 @@ def _newest_readable(manager: ocp.CheckpointManager, read, steps: list[int]):
     except ArchitectureError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # orbax raises plain Exceptions too
-      gone = not os.path.isdir(os.path.join(str(manager.directory), str(step)))
-      failed.append((step, DELETED if gone else _reason(e)))
+      failed.append((step, DELETED if _deleted(manager, step) else _reason(e)))
   bad = ", ".join(f"step {s} ({r})" for s, r in failed)
   workdir = os.path.dirname(str(manager.directory))
   if busy := workdir_lock.holder(workdir):
@@ -387,7 +396,22 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
     state = manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return _verified(manager, s, {"params": state["state"]["params"]})["params"]
 
-  params, step, failed = _newest_readable(
-      manager, read, [step] if step is not None else list(manager.all_steps()))
-  _warn_unreadable(manager, failed, step)
-  return params, step
+  steps = [step] if step is not None else list(manager.all_steps())
+  for attempt in range(5):
+    try:
+      params, got, failed = _newest_readable(manager, read, steps)
+      if step is None and attempt < 4:  # a newer step saved while an older was read: the newest
+        manager.reload()
+        if [s for s in manager.all_steps() if s > got and s not in steps]:
+          steps = list(manager.all_steps())
+          continue
+      break
+    except CheckpointError:
+      if step is not None or attempt == 4:
+        raise
+      manager.reload()  # a running training saved and deleted checkpoints meanwhile: read anew
+      if set(manager.all_steps()) == set(steps):
+        raise
+      steps = list(manager.all_steps())
+  _warn_unreadable(manager, failed, got)
+  return params, got

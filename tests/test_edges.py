@@ -167,6 +167,11 @@ def test_compare_and_eval_while_a_training_deletes_the_step_they_read(tmp_path, 
   lines, identical = repro._checkpoint_lines(a, b, None)  # pylint: disable=protected-access
   assert identical and lines[0].startswith("checkpoint step 1: parameters identical")
 
+  # eval's latest step deleted as it is read (keep_checkpoints=1, a save every step): the newer one
+  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(a), "3"),
+                  os.path.join(checkpointing.checkpoint_dir(a), "2"))
+  shutil.rmtree(os.path.join(checkpointing.checkpoint_dir(a), "3"))
+  assert checkpointing.restore_params(a)[1] == 3  # 2 was read, deleted; 3 saved meanwhile
   shutil.copytree(os.path.join(checkpointing.checkpoint_dir(a), "3"),
                   os.path.join(checkpointing.checkpoint_dir(a), "2"))
   holder = _hold_lock(a)
