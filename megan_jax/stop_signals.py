@@ -123,7 +123,7 @@ class StopSignals:
       self._started = True
 
   @contextlib.contextmanager
-  def sparing_children(self):
+  def sparing_children(self, children: bool = True):
     """Child processes started in the block (grain's data workers, multiprocessing's resource
     tracker) never act on SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up reaches the whole
     process group, and this process decides. The main thread blocks them for the block (a child
@@ -132,7 +132,7 @@ class StopSignals:
     were they all to block them too, as soon as the block ends: a signal is never dropped.
     SIGTERM, which ends the children when this process exits, stays."""
     spared = {signal.SIGINT, signal.SIGHUP}
-    if not self._previous:
+    if not self._previous or not children:  # `children`: whether the block starts any
       yield
       return
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, spared)

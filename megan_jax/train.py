@@ -292,7 +292,8 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
                         for k, v in next(data_iter).items() if k in ("lr", "gt")}
   window, last_logged, bar = None, {}, None
   try:
-    with stop.sparing_children():  # grain starts its worker processes at the first batch
+    # grain starts its worker processes at the first batch
+    with stop.sparing_children(config.data.workers > 0):
       batch = next_batch() if start < config.num_steps else None
     repro.write_manifest(workdir, config, start, state.params, batch)
     for step in range(start + 1, config.num_steps + 1):  # `step` steps done after this one

@@ -408,8 +408,8 @@ if __name__ == "__main__":
     _sparing = stop_signals.StopSignals.sparing_children
 
     @contextlib.contextmanager
-    def _held_open(self):
-      with _sparing(self):
+    def _held_open(self, *args):
+      with _sparing(self, *args):
         yield
         print("in the window", flush=True)
         time.sleep(float(os.environ["EDGE_WINDOW"]))
