@@ -41,6 +41,7 @@ one. Checkpoints saved before fingerprints existed are checked for NaN/Inf only.
 """
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,10 +52,11 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from megan_jax import fingerprint, orbax_noise, paths, run_config
+from megan_jax import fingerprint, orbax_noise, paths, run_config, workdir_lock
 
 BEST_METRIC = "val_psnr_y"
 FINGERPRINTS = "fingerprints"  # the key of the fingerprints in a step's custom metadata
+DELETED = "deleted while it was read"
 UNREADABLE_DIR = "unreadable_checkpoints"  # in the workdir: where resuming moves unreadable ones
 _REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
             "Permission denied")
@@ -227,28 +229,42 @@ def check_shapes(saved_params, expected_params, where: str) -> None:
         f"config the run was trained with, or another --workdir")
 
 
+def _deleted(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether checkpoint `step`, which failed to read, was being deleted (by a running training's
+  retention: orbax removes its files, then the folder, so a moment's wait tells)."""
+  path = os.path.join(str(manager.directory), str(step))
+  if os.path.isdir(path) and workdir_lock.holder(os.path.dirname(str(manager.directory))):
+    time.sleep(0.5)
+  return not os.path.isdir(path)
+
+
 def _newest_readable(manager: ocp.CheckpointManager, read, steps: list[int]):
   """(read(step, metadata), step, unreadable steps) for the newest step in `steps` whose state
   metadata and `read` succeed; raises CheckpointError when none does.
 
   `read` may raise an ArchitectureError (another model), which is raised as it is: an older step
-  would not fit either.
+  would not fit either. A step whose folder is gone after a failed read was deleted while it was
+  read (a running training keeps only its last checkpoints): it is skipped without a warning.
   """
   failed = []
   for step in sorted(steps, reverse=True):
     try:
       metadata = manager.item_metadata(step)["state"]
-    except Exception as e:  # pylint: disable=broad-except  # orbax raises plain Exceptions too
-      failed.append((step, _reason(e)))
-      continue
-    metadata = metadata.tree if hasattr(metadata, "tree") else metadata
-    try:
-      return read(step, metadata), step, failed
+      metadata = metadata.tree if hasattr(metadata, "tree") else metadata
+      return read(step, metadata), step, [f for f in failed if f[1] != DELETED]
     except ArchitectureError:
       raise
-    except Exception as e:  # pylint: disable=broad-except
-      failed.append((step, _reason(e)))
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises plain Exceptions too
+      failed.append((step, DELETED if _deleted(manager, step) else _reason(e)))
   bad = ", ".join(f"step {s} ({r})" for s, r in failed)
+  workdir = os.path.dirname(str(manager.directory))
+  if busy := workdir_lock.holder(workdir):
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad}; {workdir} is "
+                          f"being written by a running training ({busy}): rerun once it has "
+                          f"saved its next checkpoint")
+  if all(r == DELETED for _, r in failed):
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad} by another "
+                          f"process; rerun to read the checkpoints there now")
   raise CheckpointError(f"no readable checkpoint in {manager.directory}: {bad}; restore them from "
                         f"a backup, or move the folder away to start from scratch")
 
@@ -360,6 +376,11 @@ def _existing_manager(workdir: str) -> ocp.CheckpointManager:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir: {workdir} is a file, not a run directory; give the "
                              f"--workdir that training wrote its checkpoints to")
+  if not os.path.isdir(directory) or not saved_steps(directory):
+    if busy := workdir_lock.holder(workdir):
+      raise FileNotFoundError(f"no checkpoint in workdir {workdir!r} yet: it is being written by "
+                              f"a running training ({busy}); rerun once it has saved its first "
+                              f"checkpoint (config.checkpoint_every)")
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"no checkpoint in workdir {workdir!r}: {directory} does not exist; train first with "
@@ -383,8 +404,11 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
   """
   manager = _existing_manager(workdir)
   if step is not None and step not in manager.all_steps():
-    raise FileNotFoundError(
-        f"no checkpoint for step {step} in workdir {workdir!r}; available: {list(manager.all_steps())}")
+    busy = workdir_lock.holder(workdir)
+    running = (f" ({workdir} is being written by a running training ({busy}), which keeps only "
+               f"its last checkpoints)" if busy else "")
+    raise FileNotFoundError(f"no checkpoint for step {step} in workdir {workdir!r}; available: "
+                            f"{list(manager.all_steps())}{running}")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def read(s, tree):
@@ -392,7 +416,22 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
     state = manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return _verified(manager, s, {"params": state["state"]["params"]})["params"]
 
-  params, step, failed = _newest_readable(
-      manager, read, [step] if step is not None else list(manager.all_steps()))
-  _warn_unreadable(manager, failed, step)
-  return params, step
+  steps = [step] if step is not None else list(manager.all_steps())
+  for attempt in range(5):
+    try:
+      params, got, failed = _newest_readable(manager, read, steps)
+      if step is None and attempt < 4:  # a newer step saved while an older was read: the newest
+        manager.reload()
+        if [s for s in manager.all_steps() if s > got and s not in steps]:
+          steps = list(manager.all_steps())
+          continue
+      break
+    except CheckpointError:
+      if step is not None or attempt == 4:
+        raise
+      manager.reload()  # a running training saved and deleted checkpoints meanwhile: read anew
+      if set(manager.all_steps()) == set(steps):
+        raise
+      steps = list(manager.all_steps())
+  _warn_unreadable(manager, failed, got)
+  return params, got

@@ -44,6 +44,19 @@ def _model_multiple(config) -> tuple[int, str]:
           f"model.nlrb_block={block})")
 
 
+INDEX_LIMIT = 2**31 - 1  # the deformable sampling's gather indices are int32
+
+
+def max_side(config) -> int:
+  """The largest square frame side (LR pixels, a multiple the model takes) whose deformable
+  sampling the model can index: (side + 1)^2 x model.groups <= 2^31 - 1 (`kernels.sampling`)."""
+  model = config.get("model")
+  groups = model.get("groups") if model is not None else None
+  groups = groups if isinstance(groups, int) and groups > 0 else 1
+  side = math.isqrt(INDEX_LIMIT // groups) - 1
+  return side - side % _model_multiple(config)[0]
+
+
 def _tile_high(section: str):
   def high(config) -> tuple[float, str]:
     tile = config[section].get("tile")
@@ -119,6 +132,7 @@ RULES: dict[str, Range] = {
     "model.hr_features": POSITIVE,
 }
 DTYPE_FIELDS = ("eval.dtype", "infer.dtype")
+SIDE_FIELDS = ("data.crop", "eval.tile", "infer.tile")  # square frames the model takes whole
 
 
 def _bound(bound: Bound, config) -> tuple[float, str]:
@@ -185,6 +199,12 @@ def check(config: ml_collections.ConfigDict) -> None:
     for field, value in _values(config, path):
       if not _fits(rule, value, config):
         raise ValueError(f"config.{field}: {value!r}; expected {allowed(rule, config)}")
+  for path in SIDE_FIELDS if "model" in config else ():
+    for field, value in _values(config, path):
+      if isinstance(value, int) and value > (side := max_side(config)):
+        raise ValueError(f"config.{field}: {value}; the model cannot index frames that large (its "
+                         f"deformable sampling has int32 indices: (side + 1)^2 x model.groups < "
+                         f"2^31): at most {side} for model.groups={config.model.groups}")
   dtypes = (None,) + CHOICES["dtype"]
   for path in DTYPE_FIELDS:
     for field, value in _values(config, path):

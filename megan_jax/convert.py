@@ -232,12 +232,12 @@ def convert(path: str, workdir: str) -> tuple[dict, str]:
 
   Returns (the model fields read off the state_dict, the checkpoint directory written)."""
   tensors = read_state_dict(path)
-  paths.writable_dir(workdir, "--workdir")  # raises OSError naming it (a file, read-only, ...)
   try:
     fields = infer_fields(tensors)
     params = zsm_params(tensors, fields)
-  except ConversionError as e:
+  except ConversionError as e:  # before the workdir is made: a wrong file leaves no empty folder
     raise ConversionError(f"{path}: {e}") from None
+  paths.writable_dir(workdir, "--workdir")  # raises OSError naming it (a file, read-only, ...)
   return fields, checkpointing.save_params(workdir, params)
 
 

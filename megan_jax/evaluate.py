@@ -36,13 +36,27 @@ def _batches(sequences, num_input_frames: int, batch_size: int):
   """Groups consecutive windows of equal LR shape: yields lists of (sequence, window dict)."""
   batch = []
   for seq in sequences:
-    for win in iter_eval_windows(seq, num_input_frames=num_input_frames):
+    for win in _windows(seq, num_input_frames):
       if batch and (len(batch) == batch_size or batch[0][1]["lr"].shape != win["lr"].shape):
         yield batch
         batch = []
       batch.append((seq, win))
   if batch:
     yield batch
+
+
+def _windows(seq, num_input_frames: int):
+  """`iter_eval_windows` of `seq`; frames too small to score (less than 4 pixels a side, nothing
+  is left once the GT is cut to multiples of 4) end in a line naming the clip."""
+  try:
+    yield from iter_eval_windows(seq, num_input_frames=num_input_frames)
+  except ValueError as e:
+    h, w = seq.read([0]).shape[1:3]
+    if min(h, w) >= 4:
+      raise
+    raise DataError(f"{getattr(seq, 'path', seq.name)}: frames are {w}x{h} pixels; a clip to score "
+                    f"needs at least 4x4 (the GT is cut to multiples of 4, the LR input is a "
+                    f"quarter of it): leave it out of the test set") from e
 
 
 def _clip_mean(frames: list) -> dict:

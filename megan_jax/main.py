@@ -8,6 +8,41 @@ import os
 import signal
 import sys
 
+
+class _Stopped(Exception):  # pylint: disable=g-bad-exception-name
+  """A stop signal outside the runs' own handlers (`_stop`); `signum` is its number."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+_STARTED = []  # non-empty once main() runs: before it (importing) nothing can be unwound
+
+
+def _stop(signum, frame):
+  """SIGINT, SIGTERM and SIGHUP where no run's own handler is installed (importing, checking the
+  config, export, compare, between a training and its final eval): one line and 128 + n, never
+  Python's KeyboardInterrupt traceback or a silent SIGTERM death. A run's handlers
+  (`stop_signals`) replace this one in its blocks and restore it after."""
+  del frame
+  if not _STARTED:  # importing: nothing was written
+    name = signal.Signals(signum).name
+    os.write(2, f"megan_jax: error: stopped by {name} while starting; nothing was written: rerun "
+                f"the same command\n".encode())
+    os._exit(128 + signum)  # pylint: disable=protected-access
+  raise _Stopped(signum)
+
+
+def _install() -> dict:
+  """Installs `_stop`; returns the handlers it replaced. SIGHUP under nohup stays ignored."""
+  return {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+          if signal.getsignal(s) not in (signal.SIG_IGN, _stop)}
+
+
+if __name__ == "__main__":  # python -m megan_jax.main: from the first line, imports included
+  _install()
+
 # XLA's C++ log shows only FATAL messages: on a CPU its "Very slow compile?" alarm (an ERROR after
 # two minutes of compiling) is expected and reads as a failure. TF_CPP_MIN_LOG_LEVEL=0 shows it all.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -59,11 +94,19 @@ def _parse(argv):
 
 
 def main(argv):
+  replaced = _install()  # when imported by another program (the tests' scripts)
+  _STARTED.append(True)
   try:
     _main(argv)
-  except KeyboardInterrupt:  # outside the runs' own handlers: while importing, checking, starting
-    _die("stopped by SIGINT (Ctrl-C); what was already saved is kept: rerun the same command to "
-         "continue", 128 + signal.SIGINT)
+  except (KeyboardInterrupt, _Stopped) as e:  # outside the runs' own handlers
+    signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
+    name = signal.Signals(signum).name + (" (Ctrl-C)" if signum == signal.SIGINT else "")
+    _die(f"stopped by {name}; what was already saved is kept: rerun the same command to "
+         f"continue", 128 + signum)
+  finally:
+    _STARTED.clear()
+    for s, handler in replaced.items():
+      signal.signal(s, handler)
 
 
 def _main(argv):

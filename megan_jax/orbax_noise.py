@@ -6,7 +6,7 @@ never retrieved") and by each write's completion callback that arrives after orb
 loop ("Event loop is closed", through `sys.unraisablehook`). Installed on import: orbax's error
 records are shown only at debug verbosity (--verbosity=1), without their tracebacks; the other two
 are dropped. Also drops orbax's warning for saves without a validation score (expected between
-validations).
+validations), and its warning for a step a running training deleted while an eval read it.
 """
 
 import logging
@@ -32,6 +32,17 @@ class _NoMetricsFilter(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return "did not provide metrics" not in record.getMessage()
+
+
+class _DeletedStepFilter(logging.Filter):
+  """Drops orbax's "Metadata file does not exist: .../<step>/_CHECKPOINT_METADATA" when that step's
+  folder is gone: a running training deleted the step an eval was reading, which reads anew."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if not message.startswith("Metadata file does not exist: "):
+      return True
+    return os.path.isdir(os.path.dirname(message.split(": ", 1)[1].strip()))
 
 
 class _QuietOrbaxErrors(logging.Filter):
@@ -77,5 +88,6 @@ def _quiet_unraisable(previous):
 
 logging.getLogger("absl").addFilter(_NoMetricsFilter())
 logging.getLogger("absl").addFilter(_QuietOrbaxErrors())
+logging.getLogger("absl").addFilter(_DeletedStepFilter())
 logging.getLogger("asyncio").addFilter(_QuietAbortedWrites())
 sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)

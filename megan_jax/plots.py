@@ -7,13 +7,29 @@ least over the baseline (its mean PSNR-Y minus the baseline's), so the plot show
 Drawn with matplotlib's Agg canvas (no display, no pyplot state).
 """
 
+import functools
 import os
 
 import numpy as np
+from matplotlib import font_manager, ft2font
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 MAX_CLIPS = 12
+
+
+@functools.cache
+def _glyphs() -> frozenset:
+  """The characters the default font draws."""
+  return frozenset(ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
+                   .get_charmap())
+
+
+def drawable(text: str) -> str:
+  """`text` with the characters the font lacks written as escapes (\\u65e5): a clip named in
+  another script stays told apart, without matplotlib's "Glyph ... missing" warnings."""
+  return "".join(c if ord(c) in _glyphs() or c == "\n" else
+                 c.encode("ascii", "backslashreplace").decode() for c in text)
 
 
 def per_frame_series(results: dict) -> list[dict]:
@@ -62,14 +78,16 @@ def plot_psnr_per_frame(path: str, results: dict, *, title: str, model: str,
         ax.axvspan(x - 0.5, x + 0.5, color="0.9", lw=0)
     for method, values in clip["psnr_y"].items():
       y = np.asarray(values, np.float64)
-      ax.plot(clip["index"], np.where(np.isfinite(y), y, np.nan), marker=".", label=method)
+      ax.plot(clip["index"], np.where(np.isfinite(y), y, np.nan), marker=".",
+              label=drawable(method))
     means = ", ".join(f"{m} {np.mean(v):.2f}" for m, v in clip["psnr_y"].items())
-    ax.set_title(f"{clip['name']} (mean {means} dB)", fontsize=9, loc="left")
+    ax.set_title(drawable(f"{clip['name']} (mean {means} dB)"), fontsize=9, loc="left")
     ax.set_ylabel("PSNR-Y (dB)")
     ax.grid(alpha=0.3)
   axes[-1].set_xlabel("frame (shaded: interpolated, no LR input)")
   axes[0].legend(fontsize=8, loc="best")
-  fig.suptitle(f"{title}: PSNR-Y per frame" + (f"\n{note}" if note else ""), fontsize=10)
+  fig.suptitle(drawable(f"{title}: PSNR-Y per frame" + (f"\n{note}" if note else "")),
+               fontsize=10)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=80)
   return shown

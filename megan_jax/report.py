@@ -1,6 +1,8 @@
 """Reporting: the Table 1 style results table of a checkpoint (kept across runs), JSON files,
 side-by-side PNG crops, "wrote" lines."""
 
+import contextlib
+import fcntl
 import json
 import os
 
@@ -50,17 +52,23 @@ class StepTable:
   def __init__(self, directory: str, step: int):
     self.path = os.path.join(directory, "summary.json")
     self.step = step
-    self.summary, self.sources = {}, {}
-    if os.path.exists(self.path):
-      try:
-        with open(self.path, encoding="utf-8") as f:
-          saved = json.load(f)
-        self.summary, self.sources = saved["summary"], saved.get("sources", {})
-        if saved["step"] != step or not isinstance(self.summary, dict):
-          raise ValueError(f"written for step {saved['step']}")
-      except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{self.path}: cannot read the results already there ({e}); move the "
-                         f"file away to start a new table") from e
+    self.summary, self.sources = self._read()
+    self._added = {}  # this run's columns: name -> (source, {method: mean})
+
+  def _read(self) -> tuple[dict, dict]:
+    """(summary, sources) of the table on disk ({}, {} when there is none)."""
+    if not os.path.exists(self.path):
+      return {}, {}
+    try:
+      with open(self.path, encoding="utf-8") as f:
+        saved = json.load(f)
+      summary, sources = saved["summary"], saved.get("sources", {})
+      if saved["step"] != self.step or not isinstance(summary, dict):
+        raise ValueError(f"written for step {saved['step']}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{self.path}: cannot read the results already there ({e}); move the "
+                       f"file away to start a new table") from e
+    return summary, sources
 
   def check(self, name: str, source: dict, field: str) -> None:
     """Raises a ValueError naming `field` when column `name` holds numbers from another source."""
@@ -81,6 +89,10 @@ class StepTable:
 
   def add(self, name: str, source: dict, means: dict) -> None:
     """Sets the cells of column `name` of the methods in `means` ({method: mean})."""
+    self._added[name] = (source, means)
+    self._set(name, source, means)
+
+  def _set(self, name: str, source: dict, means: dict) -> None:
     for method, mean in means.items():
       self.summary.setdefault(method, {})[name] = mean
     self.sources[name] = _plain(source)
@@ -90,17 +102,40 @@ class StepTable:
     return list(dict.fromkeys(list(self.sources) + [d for m in self.summary.values() for d in m]))
 
   def write(self) -> list:
-    """Writes the table files; returns [(path, what), ...]."""
-    directory, columns = os.path.dirname(self.path), self.columns()
-    return [
-        (write_text(os.path.join(directory, "table.txt"),
-                    results_table(self.summary, datasets=columns)), "the table of this checkpoint"),
-        (write_text(os.path.join(directory, "table.md"),
-                    results_table(self.summary, markdown=True, datasets=columns)),
-         "the table in Markdown"),
-        (write_json(self.path, {"step": self.step, "summary": self.summary,
-                                "sources": self.sources}),
-         "its mean scores and what they were scored on")]
+    """Writes the table files; returns [(path, what), ...].
+
+    Two evals of one checkpoint may run at once (other test sets, or while a training runs): under
+    an exclusive lock on the folder, the table is read again and this run's columns are set in it,
+    so that the columns another run wrote since this one started are kept."""
+    directory = os.path.dirname(self.path)
+    with _locked(directory):
+      self.summary, self.sources = self._read()
+      for name, (source, means) in self._added.items():
+        self._set(name, source, means)
+      columns = self.columns()
+      return [
+          (write_text(os.path.join(directory, "table.txt"),
+                      results_table(self.summary, datasets=columns)),
+           "the table of this checkpoint"),
+          (write_text(os.path.join(directory, "table.md"),
+                      results_table(self.summary, markdown=True, datasets=columns)),
+           "the table in Markdown"),
+          (write_json(self.path, {"step": self.step, "summary": self.summary,
+                                  "sources": self.sources}),
+           "its mean scores and what they were scored on")]
+
+
+@contextlib.contextmanager
+def _locked(directory: str):
+  """An exclusive `flock` on `directory` itself for the block (no lock file is left behind; the
+  kernel drops it when the process ends, however it ends)."""
+  os.makedirs(directory, exist_ok=True)
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)
 
 
 def _plain(obj):

@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from megan_jax import checkpointing, fingerprint, logging_utils, report, run_config
+from megan_jax import checkpointing, fingerprint, logging_utils, report, run_config, workdir_lock
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 # config fields that do not change what is computed: listed by `compare`, not counted as differences
@@ -130,6 +130,9 @@ def _read_run(workdir: str) -> tuple[dict, list[dict], dict[int, dict]]:
                             f"(--workdir=A --config.compare.other=B)")
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
+    if busy := workdir_lock.holder(workdir):
+      raise ValueError(f"compare: {workdir} is being written by a running training ({busy}) that "
+                       f"has not recorded its config.json yet; rerun in a moment")
     raise ValueError(f"compare: {workdir} is not a run folder (no config.json); give the "
                      f"--workdir of a training run")
   try:
@@ -174,15 +177,27 @@ def _log_lines(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[str], bool]
   if set(a) != set(b):
     lines.append(f"logged steps differ: A has {len(a)} (up to {max(a, default=0)}), B has "
                  f"{len(b)} (up to {max(b, default=0)}); {len(common)} in both")
+  # a checkpoint's fingerprints are logged when it is saved: a run that saved at a step the other
+  # did not (stopped by a signal there, another checkpoint_every) has them on one side only
+  one_sided = lambda k, x, y: k.startswith("fingerprints.") and (x is None or y is None)
+  unsaved = []
   for step in common:
-    fields = [f"{k} {a[step].get(k)!r} vs {b[step].get(k)!r}"
-              for k in sorted(set(a[step]) | set(b[step])) if a[step].get(k) != b[step].get(k)]
+    keys = sorted(set(a[step]) | set(b[step]))
+    fields = [f"{k} {a[step].get(k)!r} vs {b[step].get(k)!r}" for k in keys
+              if a[step].get(k) != b[step].get(k) and not one_sided(k, a[step].get(k),
+                                                                  b[step].get(k))]
     if fields:
       lines.append(f"first difference at step {step}: " + "; ".join(fields[:6]))
       return lines, False
-  printed = sum(1 for s in common if any(k.startswith("fingerprints.") for k in a[s]))
+    if any(one_sided(k, a[step].get(k), b[step].get(k)) for k in keys):
+      unsaved.append(step)
+  printed = sum(1 for s in common if any(k.startswith("fingerprints.") for k in a[s])
+                and s not in unsaved)
   lines.append(f"logs: all {len(common)} common steps agree (losses and the fingerprints of "
                f"{printed} checkpoints, bit for bit)")
+  if unsaved:
+    lines.append(f"  (steps {unsaved}: one run saved a checkpoint there and the other did not; "
+                 f"nothing to compare, not a difference)")
   return lines, set(a) == set(b)
 
 
@@ -199,17 +214,29 @@ def module_differences(a, b) -> dict[str, tuple[float, float]]:
 
 
 def _checkpoint_lines(a: str, b: str, step: int | None) -> tuple[list[str], bool]:
-  steps_a = checkpointing.saved_steps(checkpointing.checkpoint_dir(a))
-  steps_b = checkpointing.saved_steps(checkpointing.checkpoint_dir(b))
-  common = sorted(set(steps_a) & set(steps_b))
-  if step is None and not common:
-    return [f"checkpoints: no step in both (A {steps_a}, B {steps_b})"], True
-  step = common[-1] if step is None else step
-  for name, have in (("A", steps_a), ("B", steps_b)):
-    if step not in have:
-      raise ValueError(f"config.compare.step: run {name} has no checkpoint of step {step} "
-                       f"(it has {have})")
-  pa, pb = (checkpointing.restore_params(w, step)[0] for w in (a, b))
+  for attempt in range(5):  # a run that is training may delete the common step while it is read
+    steps_a = checkpointing.saved_steps(checkpointing.checkpoint_dir(a))
+    steps_b = checkpointing.saved_steps(checkpointing.checkpoint_dir(b))
+    common = sorted(set(steps_a) & set(steps_b))
+    if step is None and not common:
+      return [f"checkpoints: no step in both (A {steps_a}, B {steps_b})"], True
+    chosen = common[-1] if step is None else step
+    for name, have, run in (("A", steps_a, a), ("B", steps_b, b)):
+      if chosen not in have:
+        busy = workdir_lock.holder(run)
+        running = (f"; {run} is being written by a running training ({busy}), which keeps only "
+                   f"its last checkpoints" if busy else "")
+        raise ValueError(f"config.compare.step: run {name} has no checkpoint of step {chosen} "
+                         f"(it has {have}){running}")
+    try:
+      pa, pb = (checkpointing.restore_params(w, chosen)[0] for w in (a, b))
+      break
+    except (checkpointing.CheckpointError, FileNotFoundError):
+      deleted = any(chosen not in checkpointing.saved_steps(checkpointing.checkpoint_dir(w))
+                    for w in (a, b))
+      if step is not None or not deleted or attempt == 4:
+        raise
+  step = chosen
   try:
     checkpointing.check_shapes(pb, pa, f"checkpoint step {step} of B")
   except checkpointing.ArchitectureError as e:

@@ -16,8 +16,10 @@ ends the process with `os._exit` (after killing its data-loading worker processe
 main.py reports in one line (exit 128 + the signal number, as training does).
 """
 
+import _thread
 import contextlib
 import multiprocessing
+from multiprocessing import resource_tracker
 import os
 import signal
 import sys
@@ -52,23 +54,50 @@ def stop_on_signals(what: str, advice: str = "rerun the same command to start ag
   "stopped by SIGINT (Ctrl-C) during <what>; <advice>". The first one only: later ones are ignored
   while the exception unwinds, so that the cleanup on the way (`paths.staged`) completes. A signal
   that was ignored before (SIGHUP under nohup) stays ignored; off the main thread nothing changes.
+  One that lands where Python cannot raise (a gc callback, a __del__) is delivered again.
   """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
   caught = [s for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
 
+  dropped, timers = [], []  # the signal of an Interrupted that Python dropped; its redelivery
+
   def handle(signum, frame):
     del frame
+    dropped.clear()
     for s in caught:
       signal.signal(s, signal.SIG_IGN)
     name = signal.Signals(signum).name + (" (Ctrl-C)" if signum == signal.SIGINT else "")
     raise Interrupted(f"stopped by {name} during {what}; {advice}", signum)
 
+  def swallowed(unraisable):
+    """Python drops an exception raised where it cannot propagate (a gc callback such as jax's
+    `_xla_gc_callback`, a __del__): the signal is delivered again a moment later, from another
+    thread, to land in the block's own code (or at its end)."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+      previous_hook(unraisable)
+      return
+    signum = unraisable.exc_value.exit_code - 128
+    dropped[:] = [signum]
+    for s in caught:
+      signal.signal(s, handle)
+    timer = threading.Timer(0.05, lambda: dropped and _thread.interrupt_main(signum))
+    timers.append(timer)
+    timer.start()
+
   previous = {s: signal.signal(s, handle) for s in caught}
+  previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed
   try:
     yield
+    if dropped:  # the block ended before the signal came back
+      handle(dropped[0], None)
   finally:
+    dropped.clear()
+    for timer in timers:
+      timer.cancel()
+      timer.join()
+    sys.unraisablehook = previous_hook
     for s, handler in previous.items():
       signal.signal(s, handler)
 
@@ -94,22 +123,28 @@ class StopSignals:
       self._started = True
 
   @contextlib.contextmanager
-  def sparing_children(self):
+  def sparing_children(self, children: bool = True):
     """Child processes started in the block (grain's data workers, multiprocessing's resource
-    tracker) ignore SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up reaches the whole process
-    group, and this process decides (SIG_IGN survives exec, and a Python started with SIGINT
-    ignored keeps ignoring it). SIGTERM, which ends them when this process exits, stays."""
-    spared = (signal.SIGINT, signal.SIGHUP)
-    if not self._previous:
+    tracker) never act on SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up reaches the whole
+    process group, and this process decides. The main thread blocks them for the block (a child
+    inherits its mask across fork and exec, and a Python started with them blocked keeps them
+    pending for ever); this process still acts on them at once, through its other threads, or,
+    were they all to block them too, as soon as the block ends: a signal is never dropped.
+    SIGTERM, which ends the children when this process exits, stays."""
+    spared = {signal.SIGINT, signal.SIGHUP}
+    if not self._previous or not children:  # `children`: whether the block starts any
       yield
       return
-    for s in spared:
-      signal.signal(s, signal.SIG_IGN)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, spared)
     try:
+      # Starting multiprocessing's resource tracker unblocks SIGINT in this thread when done (its
+      # own guard, SIG_UNBLOCK rather than a restore); started here, it is running before the
+      # block's children, and the mask is set again for them.
+      resource_tracker.ensure_running()
+      signal.pthread_sigmask(signal.SIG_BLOCK, spared)
       yield
     finally:
-      for s in spared:
-        signal.signal(s, self._handle)
+      signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
   def _handle(self, signum, frame):  # the main thread, between bytecodes
     del frame

@@ -36,7 +36,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from megan_jax import (checkpointing, evaluate, fingerprint, logging_utils, multiprocess, paths,
                        pretrained, progress, report, repro, run_config, stop_signals, train_val,
                        workdir_lock)
-from megan_jax.data.pipeline import make_train_iter
+from megan_jax.data.pipeline import make_train_iter, make_train_source
+from megan_jax.data.sources import DataError
 from megan_jax.losses import charbonnier
 from megan_jax.models import build_model
 from megan_jax.repro import rng_streams
@@ -143,6 +144,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"ROOT/sep_trainlist.txt). Set --config.data.root=/path/to/vimeo_septuplet")
   if data.crop % 4:
     raise ValueError(f"config.data.crop: {data.crop} is not a multiple of 4")
+  _check_crop_fits(data)
   if config.num_steps <= 0:
     raise ValueError(f"config.num_steps: {config.num_steps} must be positive")
   devices, processes = jax.device_count(), jax.process_count()
@@ -156,6 +158,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise FileNotFoundError(
         f"config.val.root: {config.val.root} does not exist (validation every "
         f"config.eval_every={config.eval_every} steps); set it or --config.eval_every=0")
+
+
+def _check_crop_fits(data) -> None:
+  """config.data.crop against the LR frames of the first training clip, before the model's
+  initialisation (which runs at the crop's size: seconds to minutes for a large one)."""
+  record = make_train_source(data)[0]
+  if record.get("lr") is not None:
+    h, w = record["lr"].shape[1:3]
+  else:
+    h, w = record["gt"].shape[1] // 4, record["gt"].shape[2] // 4
+  if data.crop > min(h, w):
+    side = min(h, w) - min(h, w) % 4
+    raise DataError(f"config.data.crop: {data.crop} is larger than the {w}x{h} LR frames of the "
+                    f"training data ({record.get('where', 'its first clip')}); the crop is in LR "
+                    f"pixels: at most {side} here")
 
 
 def _any_process(flag: bool) -> bool:
@@ -292,7 +309,8 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
     return {k: to_global(local[k], data_sharding) for k in ("lr", "gt")}, local["digest"]
   window, last_logged, bar = None, {}, None
   try:
-    with stop.sparing_children():  # grain starts its worker processes at the first batch
+    # grain starts its worker processes at the first batch
+    with stop.sparing_children(config.data.workers > 0):
       batch, digests = next_batch() if start < config.num_steps else (None, None)
     repro.write_manifest(workdir, config, start, state.params,
                          None if digests is None else fingerprint.global_batch_hash(digests))

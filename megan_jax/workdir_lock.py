@@ -83,6 +83,25 @@ def hold(workdir: str, enabled: bool = True):
       os.close(fd)
 
 
+def holder(workdir: str) -> str | None:
+  """"PID 1234" (or "another process") when a training holds `workdir`'s lock, else None. Takes
+  no lock and writes nothing: eval and compare ask it to explain a workdir changing under them."""
+  path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return _holder(path)
+  except OSError:
+    return None
+  finally:
+    os.close(fd)  # drops a shared lock taken above
+  return None
+
+
 def release_all() -> None:
   """Removes the lock files this process holds: for an immediate exit (`os._exit`), after which
   the kernel drops the locks themselves."""

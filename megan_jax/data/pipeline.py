@@ -129,7 +129,9 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
   # global batch s = these batches s P ... s P + P - 1; this process's slice is the p-th
   ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count][start_step:]
   threads = data_cfg.get("read_threads", 1)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2))
+  # a buffer smaller than the threads would leave threads idle (and grain warns about it)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                            prefetch_buffer_size=max(2, threads)))
   if workers > 0:
     # Parallelism comes from the workers: a multi-threaded BLAS in each of them (numpy's
     # OpenBLAS, used by imresize) only oversubscribes the cores. Spawned workers inherit

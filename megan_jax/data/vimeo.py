@@ -58,12 +58,19 @@ def _sequences_dir(root: str, what: str) -> str:
   return sub if os.path.isdir(sub) else root
 
 
-def _check_clips(seq_dir: str, clips: list, what: str) -> None:
+def _check_clips(seq_dir: str, clips: list, what: str, list_file: str = "",
+                 root: str = "") -> None:
   missing = [c for c in clips if not os.path.isdir(os.path.join(seq_dir, c))]
   if missing:
+    hint = ""
+    own = os.path.join(root, NAMED_LISTS.get(list_file, "")) if root else ""
+    if list_file in NAMED_LISTS and os.path.isfile(own):  # a partial copy with its own list
+      hint = (f"; the list is the packaged {list_file!r} ({len(clips)} clips), and {root} has its "
+              f"own {os.path.basename(own)}: give it as the list file "
+              f"(--config.data.list_file={own} for training)")
     raise DataError(
         f"{seq_dir}: {len(missing)} {what} clip folders of the list not found, e.g. "
-        f"{os.path.join(seq_dir, missing[0])}")
+        f"{os.path.join(seq_dir, missing[0])}{hint}")
 
 
 class VimeoSeptuplet:
@@ -78,7 +85,7 @@ class VimeoSeptuplet:
     self.root = root
     self.seq_dir = _sequences_dir(root, "GT")
     self.clips = read_list(list_file, root)
-    _check_clips(self.seq_dir, self.clips, "GT")
+    _check_clips(self.seq_dir, self.clips, "GT", list_file, root)
     self.lr_dir = None
     if lr_root:
       self.lr_dir = _sequences_dir(lr_root, "LR")

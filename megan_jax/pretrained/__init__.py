@@ -17,6 +17,7 @@ import datetime
 import importlib.resources
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ from megan_jax.models import build_model
 PACKAGED = {"demo_small": "demo_small.npz"}
 FITS = {"demo_small": "configs/demo.py"}  # the config whose model each packaged set is
 META_KEY = "__meta__"
+BUSY_WAIT_S = 60  # how long a start waits for another command writing the same step 0
 
 
 def resolve(name: str) -> str:
@@ -111,6 +113,19 @@ def _misfit(config, name: str, path: str, meta: dict, diff: str, workdir: str) -
       f"to {workdir}")
 
 
+def _check_finite(params, name: str, workdir: str) -> None:
+  """Refuses a parameter set holding NaN or Inf before it becomes a checkpoint: the run would stop
+  at its first step, and every rerun would meet that checkpoint instead of a good file."""
+  flat = traverse_util.flatten_dict(params)
+  bad = [k for k, v in flat.items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+  if bad:
+    what = f"{name} ({resolve(name)})" if name in PACKAGED else resolve(name)
+    listed = ", ".join("/".join(k) for k in sorted(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+    raise ValueError(f"config.pretrained: {what} holds NaN or Inf in {len(bad)} of its {len(flat)} "
+                     f"arrays ({listed}); export it again from a good checkpoint or give another "
+                     f"file. Nothing was written to {workdir}")
+
+
 def training(meta: dict) -> str:
   """The training behind a parameter file, earliest stage first, from its "started_from" chain:
   "1200 + 750 steps of configs/pretrain.py" (one config), else "1200 steps of A, then 750 of B"."""
@@ -137,13 +152,32 @@ def start_workdir(config, workdir: str, expected=None, announce: bool = True) ->
       params, expected_params(config) if expected is None else expected, "the file")
   if diff:
     raise _misfit(config, name, resolve(name), meta, diff, workdir)
-  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-    checkpointing.save_params(workdir, params)
+  _check_finite(params, name, workdir)
+  try:
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+      if checkpointing.has_checkpoints(workdir):  # another command started it meanwhile
+        return None
+      checkpointing.save_params(workdir, params)
+  except workdir_lock.WorkdirBusyError:
+    # two commands started from config.pretrained at once (an eval and a training, two evals):
+    # the other one is writing this step 0; a training that holds the workdir for long is refused
+    if _wait_for_checkpoint(workdir, BUSY_WAIT_S):
+      return None
+    raise
   trained = f" ({training(meta)})" if "steps" in meta else ""
   source = f"the parameters {name}{trained}"
   if announce:
     progress.note(f"starting {workdir} from {source}")
   return source
+
+
+def _wait_for_checkpoint(workdir: str, seconds: float) -> bool:
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline:
+    if checkpointing.has_checkpoints(workdir):
+      return True
+    time.sleep(0.1)
+  return checkpointing.has_checkpoints(workdir)
 
 
 def export(config, workdir: str, config_file: str) -> str:
@@ -154,11 +188,15 @@ def export(config, workdir: str, config_file: str) -> str:
   if not output.endswith(".npz") and not os.path.isdir(output):  # a folder: writable_file says so
     raise ValueError(f"config.export.output: {output} does not end in .npz; give a .npz file path "
                      f"(config.pretrained reads .npz files)")
-  output = paths.writable_file(output, "config.export.output")
-  if os.path.exists(output) and not config.export.overwrite:
-    raise FileExistsError(f"config.export.output: {output} exists; choose another path or set "
-                          f"--config.export.overwrite=True to replace it")
+  if os.path.isdir(output):
+    raise IsADirectoryError(f"config.export.output: {os.path.abspath(output)} is a directory; "
+                            f"give a file path")
+  if os.path.isfile(output) and not config.export.overwrite:
+    raise FileExistsError(f"config.export.output: {os.path.abspath(output)} exists; choose another "
+                          f"path or set --config.export.overwrite=True to replace it")
+  # read before the output's folder is made: a workdir without checkpoints leaves nothing behind
   params, step = checkpointing.restore_params(workdir, config.export.step)
+  output = paths.writable_file(output, "config.export.output")
   meta = {"steps": int(step), "workdir": os.path.abspath(workdir), "config_file": config_file,
           "model": config.model.to_dict()}
   if config.pretrained:  # the run fine-tuned these: their history, so steps add up
