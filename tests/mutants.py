@@ -244,7 +244,8 @@ MUTANTS = [
            "compare counts data.workers as a difference",
            (REPRO + "::test_compare_lists_settings_that_cannot_change_results_apart",)),
     Mutant("compare_ignores_chosen_step", "megan_jax/repro.py",
-           "step = common[-1] if step is None else step", "step = common[-1]",
+           "chosen = common[-1] if step is None else step",
+           "chosen = common[-1] if common else step",
            "compare diffs the latest step whatever compare.step says",
            (REPRO + "::test_compare_of_a_chosen_step_diffs_that_checkpoint",)),
 ]
