@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from megan_jax.models import model_config
+from megan_jax.paths import default_cache_dir
 
 VIMEO_ROOT = "data/vimeo_septuplet"
 
@@ -119,7 +120,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare.step = placeholder(int)   # checkpoint whose parameters are diffed; None: latest in both
 
   c.deterministic = False            # XLA deterministic ops (GPU only; the CPU always is)
-  c.compilation_cache_dir = placeholder(str)  # JAX's persistent compilation cache; None: off
+  # JAX's persistent compilation cache: a later run of the same shapes loads what this one compiled.
+  c.compilation_cache_dir = ml_collections.FieldReference(
+      default_cache_dir(), str)  # $XDG_CACHE_HOME/megan_jax, else ~/.cache/megan_jax; None: off
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = False      # jax.distributed.initialize; unset fields are auto-detected
   c.distributed.coordinator_address = placeholder(str)  # host:port of process 0

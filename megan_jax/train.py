@@ -28,6 +28,7 @@ import optax
 from absl import logging
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from megan_jax import (checkpointing, evaluate, logging_utils, paths, pretrained, progress, report,
@@ -65,7 +66,9 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
   config.deterministic adds XLA's `--xla_gpu_deterministic_ops=true` (deterministic scatter and
   reductions; it only matters on GPU, the CPU is deterministic anyway). config.distributed.enabled
   calls `jax.distributed.initialize` (arguments left unset are auto-detected on SLURM/TPU/MPI).
-  config.compilation_cache_dir turns on JAX's persistent compilation cache.
+  config.compilation_cache_dir turns on JAX's persistent compilation cache there (default
+  `paths.default_cache_dir()`; None: off): a later run of the same program and shapes loads it
+  instead of compiling, and the compile line says so (`progress.compiling`).
   """
   if config.deterministic and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DETERMINISTIC_FLAG).strip()
@@ -73,8 +76,13 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
   if dist.enabled:
     jax.distributed.initialize(coordinator_address=dist.coordinator_address,
                                num_processes=dist.num_processes, process_id=dist.process_id)
-  if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+  cache = config.get("compilation_cache_dir")
+  cache = os.path.abspath(os.path.expanduser(cache)) if cache else None
+  if cache != jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    compilation_cache.reset_cache()  # JAX decides whether to use it once: decide again
+  if cache:
+    progress.watch_compilation_cache(cache)
 
 
 def new_state(params, tx: optax.GradientTransformation) -> TrainState:
