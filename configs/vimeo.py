@@ -22,9 +22,24 @@ from megan_jax.paths import default_cache_dir
 VIMEO_ROOT = "data/vimeo_septuplet"
 
 
+# The fields of an evaluation set (config.val, each of config.eval.datasets), as --mode=config
+# describes them; the last three are optional.
+EVAL_SPEC_FIELDS = {
+    "name": "the set's column in the tables and its folder under WORKDIR/eval/",
+    "kind": "vimeo, folders (of frames), video (a file or a folder of them), embedded, synthetic",
+    "root": "the set's Vimeo-90K root, folder or video file",
+    "list_file": "clips to read: a list file, or Vimeo's fast/medium/slow/test; None: all",
+    "lr_root": "pre-made LR frames in the same layout; None: MATLAB bicubic of the GT",
+    "max_clips": "the first clips only; None: all",
+    "frames": "(start, stop): only those frames of each clip, e.g. the part no training saw",
+    "num_frames": "frames of each synthetic clip",
+}
+
+
 def eval_spec(name: str, kind: str, root, list_file: str | None = None, lr_root=None,
               **extra) -> ml_collections.ConfigDict:
-  """An evaluation set for `data.pipeline.open_eval_dataset` (root, lr_root: str or FieldReference)."""
+  """An evaluation set for `data.pipeline.open_eval_dataset` (root, lr_root: str or FieldReference);
+  its fields are described in EVAL_SPEC_FIELDS."""
   return ml_collections.ConfigDict(dict(
       name=name, kind=kind, root=root, list_file=list_file,
       lr_root=placeholder(str) if lr_root is None else lr_root, **extra))

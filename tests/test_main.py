@@ -141,8 +141,9 @@ def test_documented_commands_name_real_modules_configs_and_fields():
   """Every `python -m megan_jax.X`, --config=FILE and --config.FIELD in the README and the config
   docstrings exists."""
   docs = [os.path.join(train_fakes.REPO, "README.md")] + [
-      os.path.join(train_fakes.REPO, "configs", f) for f in os.listdir(
-          os.path.join(train_fakes.REPO, "configs")) if f.endswith(".py")]
+      os.path.join(train_fakes.REPO, folder, f) for folder, ext in (("configs", ".py"),
+                                                                    ("docs", ".md"))
+      for f in os.listdir(os.path.join(train_fakes.REPO, folder)) if f.endswith(ext)]
   modules, configs, fields = set(), set(), set()
   for doc in docs:
     with open(doc, encoding="utf-8") as f:
@@ -164,6 +165,20 @@ def test_documented_commands_name_real_modules_configs_and_fields():
     assert os.path.isfile(os.path.join(train_fakes.REPO, *module.split(".")) + ".py"), module
   for config in configs:
     assert os.path.isfile(os.path.join(train_fakes.REPO, config)), config
+
+
+def test_help_exits_zero_and_lists_every_mode():
+  from megan_jax import main  # pylint: disable=import-outside-toplevel
+  modes = main.FLAGS["mode"].parser.enum_values  # what --mode accepts
+  proc = _main("--help")
+  assert proc.returncode == 0, proc.stderr
+  usage = re.search(r"--mode=([\w|]+)", proc.stdout).group(1)
+  assert usage.split("|") == modes
+  for mode in modes:  # each with a line of its own
+    assert re.search(rf"^  {mode} ", proc.stdout, re.MULTILINE), mode
+  proc = subprocess.run([sys.executable, "-m", "megan_jax.convert", "--help"], cwd=train_fakes.REPO,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0 and "--from" in proc.stdout, proc.stderr
 
 
 def test_export_to_a_folder_is_refused_before_reading(tmp_path):
