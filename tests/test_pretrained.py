@@ -118,7 +118,7 @@ def test_validation_logs_the_baseline_and_crops(data_root, tmp_path):
   seq = evaluate.open_eval_dataset(config.val)[0]
   gt_h, gt_w = seq.read([0]).shape[1:3]
   crop = min(128, gt_h), min(128, gt_w)  # 4 panels (LR, model, baseline, GT), zoom 2, gaps of 4
-  want = (3 * 14 + 2 * crop[0], 4 * 2 * crop[1] + 3 * 4)  # 14 px lines: caption, names, PSNR-Y
+  want = (4 * 16 + 2 * crop[0], 4 * 2 * crop[1] + 3 * 4)  # 16 px lines: caption (2), names, PSNR-Y
   assert images == {("val/LR_model_baseline_GT", 2): want, ("val/LR_model_baseline_GT", 4): want}
 
 
