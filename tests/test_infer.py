@@ -246,14 +246,27 @@ def test_1x_from_the_outputs_at_the_input_times_only(num_frames):
   np.testing.assert_array_equal(np.stack(got), np.stack(want))
 
 
-def test_1x_with_the_model_compiles_for_its_frames_and_names_the_checkpoint(run, tmp_path, capsys):
-  """The tiny MEGAN restored from the workdir at 1x: compiled for output frames [0, 2, 4, 6] only,
-  N frames out, and the run says which checkpoint it uses."""
+def test_1x_asks_the_model_for_its_frames_only_and_names_the_checkpoint(run, tmp_path, capsys,
+                                                                         monkeypatch):
+  """infer at 1x restores a predictor for output frames (0, 2, 4, 6) of the tiny MEGAN (whose
+  output then has 4 frames: shapes only, nothing compiled) and says which checkpoint it uses."""
   config, workdir, video, _ = run
   config = ml_collections.ConfigDict(config.to_dict())
   config.infer.input, config.infer.time = video, "1x"
   config.infer.output = str(tmp_path / "one")
+  restore, asked = infer_module.restore_predict_fn, []
+
+  def spy(*args, **kwargs):
+    predictor, step = restore(*args, **kwargs)
+    asked.append(predictor.frames)
+    x = jnp.zeros((1, 4, 16, 16, 3))
+    out = jax.eval_shape(lambda v: predictor._jit.model.apply(  # pylint: disable=protected-access
+        v, x, train=False, frames=predictor.frames), predictor.variables)
+    assert out.shape == (1, 4, 64, 64, 3)
+    return (lambda lr: infer_fakes.nearest_predict(lr)[:, ::2]), step
+
+  monkeypatch.setattr(infer_module, "restore_predict_fn", spy)
   assert len(infer_fakes.read_frames(infer(config, workdir))) == N
+  assert asked == [(0, 2, 4, 6)]
   out = capsys.readouterr().out
   assert f"using the parameters of step 3 in {os.path.join(workdir, 'checkpoints')}\n" in out
-  assert "output frames [0, 2, 4, 6] only" in out
