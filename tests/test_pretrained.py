@@ -134,3 +134,18 @@ def test_packaged_model_beats_bicubic_on_held_out_carphone():
       progress=False)["mean"]["psnr_y"]
   base = evaluate.evaluate_sequences(evaluate.baseline_predict_fn, seq, progress=False)["mean"]
   assert model > base["psnr_y"] + PACKAGED_MARGIN_DB, (model, base, meta)
+
+
+def test_a_run_names_the_packaged_parameters_only_when_it_holds_them_unchanged(tmp_path):
+  sys.path.insert(0, train_fakes.REPO)
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config, workdir = demo.get_config(), str(tmp_path)
+  pretrained.start_workdir(config, workdir, announce=False)
+  params, step = checkpointing.restore_params(workdir)
+  where = f"step 0 in {os.path.join(workdir, 'checkpoints')}"
+  assert pretrained.describe_checkpoint(config, workdir, params, step) == (
+      f"the parameters demo_small (6000 steps of configs/pretrain.py), {where}")
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  leaves[-1] = np.asarray(leaves[-1]) + 1e-3  # one array changed
+  params = jax.tree_util.tree_unflatten(tree, leaves)
+  assert pretrained.describe_checkpoint(config, workdir, params, step) == f"the parameters of {where}"
