@@ -235,3 +235,15 @@ def test_ctrl_c_outside_the_runs_own_handlers_is_one_line(tmp_path):
       "megan_jax: error: stopped by SIGINT (Ctrl-C); what was already saved is kept: rerun the "
       "same command to continue"]
   assert not (tmp_path / "run").exists()
+
+
+def test_readme_is_a_first_read_and_its_test_command_is_what_ci_runs():
+  """At most 150 lines; the tests' command in the README is the one .ci/run runs."""
+  with open(os.path.join(train_fakes.REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  assert len(readme.splitlines()) <= 150
+  with open(os.path.join(train_fakes.REPO, ".ci", "run"), encoding="utf-8") as f:
+    ci = [l for l in f.read().splitlines() if "pytest" in l][0]
+  command = ci[ci.index("python3 -m venv"):]
+  assert f"```bash\n{command}\n```" in readme
+  assert "python -m megan_jax.main --config=configs/demo.py --workdir=/tmp/megan_demo" in readme
