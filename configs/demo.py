@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.cycle_steps = 200
   c.log_every = 50               # each log line: the mean loss of the 50 steps before it
   c.checkpoint_every = 100
-  c.eval_every = 100             # PSNR-Y on the scored frames at steps 100 and 200 (about 10 s each)
+  c.eval_every = 100             # PSNR-Y on the scored frames at steps 100 and 200
   c.final_eval = True
 
   held_out = vimeo.eval_spec(f"Carphone {SCORED_FRAMES[0]}-{SCORED_FRAMES[1] - 1}", "video",
