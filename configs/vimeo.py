@@ -17,13 +17,29 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from megan_jax.models import model_config
+from megan_jax.paths import default_cache_dir
 
 VIMEO_ROOT = "data/vimeo_septuplet"
 
 
+# The fields of an evaluation set (config.val, each of config.eval.datasets), as --mode=config
+# describes them; the last three are optional.
+EVAL_SPEC_FIELDS = {
+    "name": "the set's column in the tables and its folder under WORKDIR/eval/",
+    "kind": "vimeo, folders (of frames), video (a file or a folder of them), embedded, synthetic",
+    "root": "the set's Vimeo-90K root, folder or video file",
+    "list_file": "clips to read: a list file, or Vimeo's fast/medium/slow/test; None: all",
+    "lr_root": "pre-made LR frames in the same layout; None: MATLAB bicubic of the GT",
+    "max_clips": "the first clips only; None: all",
+    "frames": "(start, stop): only those frames of each clip, e.g. the part no training saw",
+    "num_frames": "frames of each synthetic clip",
+}
+
+
 def eval_spec(name: str, kind: str, root, list_file: str | None = None, lr_root=None,
               **extra) -> ml_collections.ConfigDict:
-  """An evaluation set for `data.pipeline.open_eval_dataset` (root, lr_root: str or FieldReference)."""
+  """An evaluation set for `data.pipeline.open_eval_dataset` (root, lr_root: str or FieldReference);
+  its fields are described in EVAL_SPEC_FIELDS."""
   return ml_collections.ConfigDict(dict(
       name=name, kind=kind, root=root, list_file=list_file,
       lr_root=placeholder(str) if lr_root is None else lr_root, **extra))
@@ -119,7 +135,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare.step = placeholder(int)   # checkpoint whose parameters are diffed; None: latest in both
 
   c.deterministic = False            # XLA deterministic ops (GPU only; the CPU always is)
-  c.compilation_cache_dir = placeholder(str)  # JAX's persistent compilation cache; None: off
+  # JAX's persistent compilation cache: a later run of the same shapes loads what this one compiled.
+  c.compilation_cache_dir = ml_collections.FieldReference(
+      default_cache_dir(), str)  # $XDG_CACHE_HOME/megan_jax, else ~/.cache/megan_jax; None: off
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = False      # jax.distributed.initialize; unset fields are auto-detected
   c.distributed.coordinator_address = placeholder(str)  # host:port of process 0

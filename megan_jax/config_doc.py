@@ -6,8 +6,10 @@ lines of their own are section headings or notes, never a field's description. T
 from configs/vimeo.py (the reference definition of the fields the code reads), then
 megan_jax/models/configs.py (the model fields, under `model.`), then the config file given (for
 fields it adds), then the other files in configs/ (for a config built on another, as
-configs/pretrain.py is on configs/demo.py); the first description found wins. A field without one
-(the keys of a ConfigDict set as a whole, such as `val`) shows its parent's.
+configs/pretrain.py is on configs/demo.py); the first description found wins. The fields of an
+evaluation set (`val`, a ConfigDict made by `eval_spec`) are described by configs/vimeo.py's
+EVAL_SPEC_FIELDS. Any other field without one (the keys of a ConfigDict set as a whole, such as
+`data.prescale`) shows its parent's.
 """
 
 import ast
@@ -51,6 +53,15 @@ def comments(source: str) -> dict[str, str]:
   return found
 
 
+def spec_fields(source: str) -> dict[str, str]:
+  """The EVAL_SPEC_FIELDS dict literal of `source` ({} when it has none)."""
+  for node in ast.parse(source).body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "EVAL_SPEC_FIELDS"):
+      return ast.literal_eval(node.value)
+  return {}
+
+
 def descriptions(config_path: str | None = None) -> dict[str, str]:
   """{field path: description} from `SOURCES` and the config file `config_path`."""
   out = {}
@@ -66,20 +77,24 @@ def descriptions(config_path: str | None = None) -> dict[str, str]:
 
 
 def fields(config: ml_collections.ConfigDict, prefix: str = ""):
-  """Yields (path, value) of every leaf field; a list is one field."""
+  """Yields (path, value, is a field of an evaluation set) of every leaf field; a list is one
+  field."""
+  is_spec = "kind" in config and "root" in config
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
       yield from fields(value, f"{prefix}{key}.")
     else:
-      yield prefix + key, value
+      yield prefix + key, value, is_spec
 
 
 def _show(value) -> str:
+  """The value as written in Python; a list or tuple is cut to MAX_VALUE characters, a string (a
+  path) is shown whole."""
   if isinstance(value, (list, tuple)):
     text = "[" + ", ".join(v.get("name", "{...}") if isinstance(v, ml_collections.ConfigDict)
                            else repr(v) for v in value) + "]"
   else:
-    text = repr(value)
+    return repr(value)
   return text if len(text) <= MAX_VALUE else text[:MAX_VALUE - 3] + "..."
 
 
@@ -100,9 +115,13 @@ def listing(config: ml_collections.ConfigDict, config_file: str | None = None) -
   """The `--mode=config` text: a header, then `field  value  description` per field."""
   config_path = config_file.partition(":")[0] if config_file else None
   known = descriptions(config_path)
-  rows = [(path, _show(value), describe(path, known)) for path, value in fields(config)]
+  with open(SOURCES[0][0], encoding="utf-8") as f:
+    spec = spec_fields(f.read())
+  rows = [(path, _show(value),
+           spec.get(path.rsplit(".", 1)[-1]) if is_spec and path.rsplit(".", 1)[-1] in spec
+           else describe(path, known)) for path, value, is_spec in fields(config)]
   w_path = max(len(r[0]) for r in rows)
-  w_value = max(len(r[1]) for r in rows)
+  w_value = min(max(len(r[1]) for r in rows), MAX_VALUE)  # a longer value (a path) runs over
   head = (f"Fields of {config_file or 'the config'}; set one with --config.<field>=<value> "
           f"(values shown with the overrides given)")
   return "\n".join([head] + [f"{p:<{w_path}}  {v:<{w_value}}  {d}" for p, v, d in rows])

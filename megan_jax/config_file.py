@@ -4,16 +4,35 @@ ml_collections loads the file while absl parses the flags; when that fails (a sy
 exception in `get_config`, an override naming a field the file does not define) the error reaches
 main.py as a traceback of absl and ml_collections frames. `parse_error` loads the file again on
 its own to name the file, the line and the error, or the unknown fields. `split_none_overrides`
-lets `--config.<field>=None` mean None, as the config files' comments write it.
+lets `--config.<field>=None` mean None, as the config files' comments write it. `help_exits_zero`
+makes `--help` a success.
 """
 
+import contextlib
 import importlib.util
 import os
 import re
+import sys
 import traceback
 
 NO_CONFIG = ("--config is required: the config file of the run, e.g. --config=configs/vimeo.py "
              "(configs/demo.py for the CPU demo)")
+
+
+HELP_FLAGS = frozenset(f"{dash}{name}" for dash in ("-", "--")
+                       for name in ("help", "h", "?", "helpshort", "helpfull", "helpxml"))
+
+
+@contextlib.contextmanager
+def help_exits_zero(argv):
+  """absl prints the text asked for by --help (--helpfull, ...) and exits with status 1; asking
+  for help is not an error: the exit status becomes 0."""
+  try:
+    yield
+  except SystemExit as e:
+    if e.code == 1 and HELP_FLAGS & set(argv[1:]):
+      sys.exit(0)
+    raise
 
 
 class ConfigFileError(ValueError):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from megan_jax import checkpointing, npz, paths, torch_pickle
+from megan_jax import checkpointing, config_file, npz, paths, torch_pickle
 from megan_jax.models import build_model, model_config
 
 NEST_KEYS = ("state_dict", "params", "model")
@@ -256,7 +256,8 @@ def _die(message: str, code: int):
 def _parse(argv):
   """absl flag parsing with one-line errors; logs at WARNING unless --verbosity is given."""
   try:
-    rest = FLAGS(argv)
+    with config_file.help_exits_zero(argv):
+      rest = FLAGS(argv)
   except flags.Error as e:
     _die(f"{e} (see --help)", 2)
   if FLAGS["verbosity"].using_default_value:  # absl would log at INFO; orbax logs every step

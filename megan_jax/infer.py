@@ -69,10 +69,18 @@ def infer_windows(num_frames: int, num_input_frames: int = 4) -> list[tuple[tupl
   return plan
 
 
+def input_time_frames(num_input_frames: int = 4) -> tuple[int, ...]:
+  """The outputs of a window at its input times: 0, 2, ..., 2n (time="1x" keeps only these)."""
+  return tuple(range(0, 2 * num_input_frames - 1, 2))
+
+
 def upscale_frames(predict_fn, sequence, *, num_input_frames: int = 4, progress: bool = True,
                    time: str = "2x"):
   """Yields the 2N - 1 output frames of `sequence` in order, uint8 (4H, 4W, 3); with time="1x"
   only the N of them at the input times (output frames 0, 2, ..., 2N - 2).
+
+  `predict_fn` gives a window's 2n+1 outputs, or with time="1x" either those or only the n+1 at
+  the input times (`input_time_frames`: a predict fn made with `frames=` skips the others' work).
 
   The progress bar starts after the first window, which compiles: its rate and ETA count from there.
   """
@@ -82,9 +90,11 @@ def upscale_frames(predict_fn, sequence, *, num_input_frames: int = 4, progress:
   try:
     for inputs, lo, hi in plan:
       lr = sequence.read(inputs).astype(np.float32) / np.float32(255)  # (n+1, H, W, 3)
-      out = np.asarray(predict_fn(lr[None]))[0]  # (2n+1, 4H, 4W, 3)
+      out = np.asarray(predict_fn(lr[None]))[0]  # (2n+1, 4H, 4W, 3), or (n+1, ...) at 1x
       first = lo + lo % step  # the first kept frame at an input time (2 * inputs[0] is even)
-      for frame in out[first:hi:step]:
+      kept = (out[first // 2:(hi + 1) // 2] if len(out) == len(inputs) and step == 2
+              else out[first:hi:step])  # output k at an input time is frame k // 2 of n+1
+      for frame in kept:
         yield metrics.to_uint8(frame)
       done = len(range(first, hi, step))
       if bar is None:
@@ -294,8 +304,11 @@ def infer(config, workdir: str, plan: Plan | None = None, *, predict_fn=None) ->
     with stop_on_signals("--mode=infer", f"nothing was written to {plan.output}; rerun the same "
                          f"command to start again"):
       if predict_fn is None:
+        frames = (input_time_frames(config.data.num_input_frames) if plan.time == "1x"
+                  else None)  # 1x: the frames between the inputs are not reconstructed
         predict_fn, _ = restore_predict_fn(config, workdir, step=ic.step, tile=ic.tile,
-                                           tile_overlap=ic.tile_overlap, dtype=ic.dtype)
+                                           tile_overlap=ic.tile_overlap, dtype=ic.dtype,
+                                           frames=frames)
       frames = upscale_frames(predict_fn, plan.sequence, progress=ic.progress, time=plan.time,
                               num_input_frames=config.data.num_input_frames)
       what = _write(plan, frames)

@@ -195,7 +195,7 @@ def written(workdir: str, steps) -> list[tuple[str, str]]:
           *[(path, "the config of the run" if i == 0 else "the config of a resume that changed it")
             for i, path in enumerate(run_config.config_paths(workdir))],
           (os.path.join(workdir, PARAMETERS_NAME), "the parameter table"),
-          *[(path, "what each start ran on: versions, devices, flags, commit (README, Reproducibility)")
+          *[(path, "what each start ran on: versions, devices, flags, commit (docs/GUARANTEES.md)")
             for path in [os.path.join(workdir, MANIFEST_NAME)] if os.path.exists(path)]] + [
               (os.path.join(workdir, name), "the logs of an earlier run whose checkpoints are gone")
               for name in sorted(os.listdir(workdir)) if name.startswith(EARLIER_RUN_DIR)]

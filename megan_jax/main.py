@@ -1,8 +1,18 @@
 r"""Train, evaluate or upscale: python -m megan_jax.main --config=configs/vimeo.py --workdir=DIR
-[--mode=train|eval|infer|export] [--config.field=value ...]. Training resumes from DIR's checkpoint;
-an empty DIR starts from config.pretrained when set. --mode=export writes DIR's parameters to a
-.npz (config.export.output). --mode=config lists every config field with its value and a
-description (no --workdir needed). --mode=compare compares two runs (README, "Reproducibility")."""
+[--mode=train|eval|infer|export|config|compare] [--config.field=value ...].
+
+  train    (default) trains; resumes from DIR's checkpoint; an empty DIR starts from
+           config.pretrained when set (configs/demo.py: the packaged demo_small)
+  eval     scores DIR's latest checkpoint (or config.eval.step) and the baseline: a table, JSON,
+           per-frame plots and crops under DIR/eval/
+  infer    upscales config.infer.input (a video or a folder of frames) to config.infer.output:
+           4x the resolution, 2x the frame rate (config.infer.time=1x: the source's frame rate)
+  export   writes DIR's parameters to a .npz (config.export.output) that config.pretrained reads
+  config   lists every config field with its value and a description (no --workdir needed)
+  compare  compares DIR with the run folder config.compare.other (exit 0: identical, 1: not;
+           docs/GUARANTEES.md)
+
+Examples: README.md; every mode and field: docs/USAGE.md."""
 
 import os
 import signal
@@ -76,7 +86,8 @@ def _parse(argv):
   """absl flag parsing with one-line errors for unknown config fields and unloadable configs."""
   try:
     rest, to_none = config_file.split_none_overrides(argv)
-    rest = FLAGS(rest)
+    with config_file.help_exits_zero(argv):
+      rest = FLAGS(rest)
     if FLAGS.config is None:
       _die(config_file.NO_CONFIG)
     for field in to_none:

@@ -25,6 +25,16 @@ _ADVICE = {
 }
 
 
+def default_cache_dir() -> str:
+  """Where JAX's persistent compilation cache goes by default (config.compilation_cache_dir):
+  `$XDG_CACHE_HOME/megan_jax` when XDG_CACHE_HOME is an absolute path (the XDG Base Directory
+  rule: an empty or relative value is ignored), else `~/.cache/megan_jax`."""
+  base = os.environ.get("XDG_CACHE_HOME", "")
+  if not os.path.isabs(base):
+    base = os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "megan_jax")
+
+
 def describe_os_error(e: OSError, what: str | None = None, path: str | None = None) -> str:
   """One line: the setting, the path (`path`, else the error's), the system's reason, what to do."""
   if e.errno is None:  # raised by this module: already such a line

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from megan_jax import checkpointing, progress
+from megan_jax import checkpointing, pretrained, progress
 from megan_jax.data.pipeline import SCALE
 from megan_jax.models import build_model
 
@@ -55,10 +55,11 @@ def tile_plan(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]
 
 
 class _Compiled:
-  """The jitted forward passes of one (model, dtype); jax.jit compiles them once per input shape."""
+  """The jitted forward passes of one (model, dtype, frames); jax.jit compiles them once per input
+  shape."""
 
-  def __init__(self, model, dtype):
-    self.model, self.dtype = model, dtype
+  def __init__(self, model, dtype, frames=None):
+    self.model, self.dtype, self.frames = model, dtype, frames
     self.num_traces = 0
     self.input_shapes = set()  # (shape, tile) of the calls made so far
     self.forward = jax.jit(self._forward)
@@ -67,12 +68,13 @@ class _Compiled:
   def _forward(self, variables, lr):
     self.num_traces += 1  # runs at trace time only
     x = lr if self.dtype is None else lr.astype(self.dtype)
-    return self.model.apply(variables, x, train=False).astype(jnp.float32)
+    kwargs = {} if self.frames is None else {"frames": self.frames}
+    return self.model.apply(variables, x, train=False, **kwargs).astype(jnp.float32)
 
   def _pad_forward(self, variables, lr):
     b, t, h, w, c = lr.shape  # (B, n+1, h, w, 3)
     pad = ((0, 0), (0, 0), (0, -h % MULTIPLE), (0, -w % MULTIPLE), (0, 0))
-    y = self._forward(variables, jnp.pad(lr, pad, mode="reflect"))  # (B, 2n+1, 4Hp, 4Wp, 3)
+    y = self._forward(variables, jnp.pad(lr, pad, mode="reflect"))  # (B, T_out, 4Hp, 4Wp, 3)
     return y[:, :, :SCALE * h, :SCALE * w]
 
 
@@ -80,27 +82,30 @@ _CACHE: list = []  # recently used _Compiled, most recent last
 _CACHE_SIZE = 8
 
 
-def _compiled(model, dtype) -> _Compiled:
+def _compiled(model, dtype, frames=None) -> _Compiled:
   """Shares compilations between predict fns of equal models (e.g. each periodic validation)."""
   for entry in _CACHE:
-    if entry.dtype == dtype and type(entry.model) is type(model) and entry.model == model:
+    if (entry.dtype == dtype and entry.frames == frames and type(entry.model) is type(model)
+        and entry.model == model):
       _CACHE.remove(entry)
       _CACHE.append(entry)
       return entry
-  entry = _Compiled(model, dtype)  # models hold a frozen ModelSpec: later config edits cannot reach it
+  entry = _Compiled(model, dtype, frames)  # models hold a frozen ModelSpec: later config edits cannot reach it
   _CACHE.append(entry)
   del _CACHE[:-_CACHE_SIZE]
   return entry
 
 
 class Predictor:
-  """`lr` float32 (B, n+1, h, w, 3) in [0, 1] -> float32 numpy (B, 2n+1, 4h, 4w, 3), unclipped.
+  """`lr` float32 (B, n+1, h, w, 3) in [0, 1] -> float32 numpy (B, 2n+1, 4h, 4w, 3), unclipped;
+  with `frames` (indices of the 2n+1 outputs), only those: (B, len(frames), 4h, 4w, 3).
 
   The forward pass is jitted with train=False and compiled once per input shape (per tile shape
   when tiling), shared by all predictors of an equal model; `num_traces` counts compilations.
   """
 
-  def __init__(self, model, params, *, dtype=None, tile: int | None = None, tile_overlap: int = 16):
+  def __init__(self, model, params, *, dtype=None, tile: int | None = None, tile_overlap: int = 16,
+               frames: tuple[int, ...] | None = None):
     if tile is not None:
       if tile <= 0 or tile % MULTIPLE:
         raise ValueError(f"predict: tile must be a positive multiple of {MULTIPLE}, got {tile}")
@@ -108,7 +113,8 @@ class Predictor:
         raise ValueError(f"predict: tile_overlap must be a multiple of {MULTIPLE} in [0, tile={tile}), "
                          f"got {tile_overlap}")
     dtype = None if dtype is None else jnp.dtype(dtype)
-    self._jit = _compiled(model, dtype)
+    self.frames = None if frames is None else tuple(int(k) for k in frames)
+    self._jit = _compiled(model, dtype, self.frames)
     variables = _variables(flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict)
                            else params)
     self.variables = variables if dtype is None else _cast(variables, dtype)
@@ -125,7 +131,8 @@ class Predictor:
     if key in self._jit.input_shapes:
       return self._run(lr)
     b, t, h, w, _ = np.shape(lr)  # (B, n+1, h, w, 3)
-    with progress.compiling(f"the model for {t} LR frames of {w}x{h}, batch {b}"):
+    which = "" if self.frames is None else f", output frames {list(self.frames)} only"
+    with progress.compiling(f"the model for {t} LR frames of {w}x{h}, batch {b}{which}"):
       out = self._run(lr)
     self._jit.input_shapes.add(key)
     return out
@@ -145,7 +152,7 @@ class Predictor:
     for y0, ylo, yhi in tile_plan(hp, th, self.tile_overlap):
       for x0, xlo, xhi in tile_plan(wp, tw, self.tile_overlap):
         y = np.asarray(self._jit.forward(self.variables, x[:, :, y0:y0 + th, x0:x0 + tw]))
-        if out is None:  # (B, 2n+1, 4Hp, 4Wp, 3)
+        if out is None:  # (B, T_out, 4Hp, 4Wp, 3)
           out = np.empty(y.shape[:2] + (SCALE * hp, SCALE * wp, c), np.float32)
         out[:, :, SCALE * ylo:SCALE * yhi, SCALE * xlo:SCALE * xhi] = y[
             :, :, SCALE * (ylo - y0):SCALE * (yhi - y0), SCALE * (xlo - x0):SCALE * (xhi - x0)]
@@ -153,7 +160,7 @@ class Predictor:
 
 
 def make_predict_fn(model, params, *, dtype=None, tile: int | None = None,
-                    tile_overlap: int = 16) -> Predictor:
+                    tile_overlap: int = 16, frames: tuple[int, ...] | None = None) -> Predictor:
   """Jitted eval-mode forward for (B, n+1, h, w, 3) float32 LR -> (B, 2n+1, 4h, 4w, 3) float32.
 
   Args:
@@ -163,8 +170,11 @@ def make_predict_fn(model, params, *, dtype=None, tile: int | None = None,
       input to that dtype (the output is float32).
     tile: None runs whole frames; else the LR tile size (a multiple of 4).
     tile_overlap: LR pixels shared by neighbouring tiles (a multiple of 4, < tile).
+    frames: None outputs all 2n+1 frames; else the indices of the outputs to compute (the model
+      takes `frames=`: MEGAN then reconstructs only those).
   """
-  return Predictor(model, params, dtype=dtype, tile=tile, tile_overlap=tile_overlap)
+  return Predictor(model, params, dtype=dtype, tile=tile, tile_overlap=tile_overlap,
+                   frames=frames)
 
 
 def _check_params(model, params, num_input_frames: int, where: str) -> None:
@@ -183,13 +193,17 @@ def _check_params(model, params, num_input_frames: int, where: str) -> None:
 
 
 def restore_predict_fn(config, workdir: str, *, step: int | None = None, tile: int | None = None,
-                       tile_overlap: int = 16, dtype=None) -> tuple[Predictor, int]:
+                       tile_overlap: int = 16, dtype=None,
+                       frames: tuple[int, ...] | None = None) -> tuple[Predictor, int]:
   """Builds `config.model`, restores its parameters from `workdir` (latest or `step`).
 
   Returns (predict_fn, restored step). The architecture comes from the config file, the weights
-  from the checkpoint; a mismatch raises a ValueError naming the workdir.
+  from the checkpoint; a mismatch raises a ValueError naming the workdir. Notes which parameters
+  it uses (`pretrained.describe_checkpoint`).
   """
   model = build_model(config.model)
   params, step = checkpointing.restore_params(workdir, step)
   _check_params(model, params, config.data.num_input_frames, f"{workdir} (step {step})")
-  return make_predict_fn(model, params, dtype=dtype, tile=tile, tile_overlap=tile_overlap), step
+  progress.note(f"using {pretrained.describe_checkpoint(config, workdir, params, step)}")
+  return make_predict_fn(model, params, dtype=dtype, tile=tile, tile_overlap=tile_overlap,
+                         frames=frames), step

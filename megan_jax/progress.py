@@ -36,13 +36,46 @@ def note(message: str) -> None:
     sys.stdout.flush()
 
 
+_HITS, _WRITES = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
+_cache = {"dir": None, _HITS: 0, _WRITES: 0}  # the persistent cache's directory, event counts
+
+
+def _count_cache_event(event: str, **_) -> None:
+  if event in (_HITS, _WRITES):
+    _cache[event] += 1
+
+
+def watch_compilation_cache(directory: str) -> None:
+  """Counts the persistent compilation cache's reads and writes (JAX's monitoring events), so that
+  `compiling` can say where a program came from; `directory` is named in its line."""
+  if _cache["dir"] is None:
+    jax.monitoring.register_event_listener(_count_cache_event)
+  _cache["dir"] = directory
+
+
+def _cache_words(hits: int, writes: int) -> str:
+  """What the persistent compilation cache did during a compile, in words ("" when nothing)."""
+  where = _cache["dir"]
+  if hits and not writes:
+    return f"; loaded from the compilation cache {where}"
+  if hits:
+    return (f"; {hits} of its programs loaded from the compilation cache {where}, {writes} "
+            f"compiled and added to it")
+  if writes:
+    return f"; saved in the compilation cache {where}: the next run of this size loads it"
+  return ""
+
+
 @contextlib.contextmanager
 def compiling(what: str):
-  """Notes `compiling <what> ...` before the block and the time it took after it."""
+  """Notes `compiling <what> ...` before the block and, after it, the time it took and whether the
+  program came from (or went into) the persistent compilation cache."""
   note(f"compiling {what} (first time takes minutes on a CPU)")
   start = time.perf_counter()
+  hits, writes = _cache[_HITS], _cache[_WRITES]
   yield
-  note(f"compiled {what} and ran it once in {format_duration(time.perf_counter() - start)}")
+  note(f"compiled {what} and ran it once in {format_duration(time.perf_counter() - start)}"
+       f"{_cache_words(_cache[_HITS] - hits, _cache[_WRITES] - writes)}")
 
 
 class _Nowhere(io.TextIOBase):

@@ -3,11 +3,13 @@ side-by-side PNG crops, "wrote" lines."""
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 
+import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def results_table(summary: dict, *, markdown: bool = False, datasets=None) -> str:
@@ -178,16 +180,24 @@ def save_png(path: str, frame: np.ndarray) -> str:
   return path
 
 
-LABEL_LINE = 14  # pixels per text line above a panel
+LABEL_LINE = 16  # pixels per text line above a panel
+FONT_SIZE = 12   # of the labels: DejaVu Sans, the TrueType font matplotlib ships
+
+
+@functools.lru_cache(maxsize=1)
+def label_font() -> ImageFont.FreeTypeFont:
+  """DejaVu Sans at FONT_SIZE pixels (PIL's built-in bitmap font runs words together)."""
+  path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+  return ImageFont.truetype(path, FONT_SIZE)
 
 
 def side_by_side_image(panels: list, *, box=None, zoom: int = 1, gap: int = 4,
                        caption: str = "") -> np.ndarray:
-  """Labelled panels [(label, uint8 (H, W, 3)), ...] in a row: uint8 (14 L + H', W', 3).
+  """Labelled panels [(label, uint8 (H, W, 3)), ...] in a row: uint8 (LABEL_LINE L + H', W', 3).
 
-  A label may have several lines ("\n"); L is the most lines of any label, plus one for a
-  `caption` line across the top. `box` = (top, left, h, w) crops every panel the same way; `zoom`
-  enlarges the crops with nearest-neighbour so that pixels stay visible.
+  A label may have several lines ("\n"); L is the most lines of any label plus the lines of a
+  `caption` across the top. `box` = (top, left, h, w) crops every panel the same way; `zoom`
+  enlarges the crops with nearest-neighbour so that pixels stay visible. Text is `label_font`.
   """
   crops = []
   for label, img in panels:
@@ -196,19 +206,20 @@ def side_by_side_image(panels: list, *, box=None, zoom: int = 1, gap: int = 4,
       top, left, h, w = box
       img = img[top:top + h, left:left + w]
     crops.append((label, np.repeat(np.repeat(img, zoom, 0), zoom, 1)))
-  top_h = LABEL_LINE if caption else 0
+  top_h = LABEL_LINE * (caption.count("\n") + 1) if caption else 0
   label_h = top_h + LABEL_LINE * max(label.count("\n") + 1 for label, _ in crops)
   h = max(c.shape[0] for _, c in crops)
   total_w = sum(c.shape[1] for _, c in crops) + gap * (len(crops) - 1)
   canvas = Image.new("RGB", (total_w, h + label_h), "white")
   draw = ImageDraw.Draw(canvas)
-  if caption:
-    draw.text((2, 1), caption, fill="black")
+  font = label_font()
+  for i, line in enumerate(caption.split("\n") if caption else ()):
+    draw.text((3, 1 + LABEL_LINE * i), line, fill="black", font=font)
   x = 0
   for label, c in crops:
     canvas.paste(Image.fromarray(c), (x, label_h))
     for i, line in enumerate(label.split("\n")):
-      draw.text((x + 2, top_h + 1 + LABEL_LINE * i), line, fill="black")
+      draw.text((x + 3, top_h + 1 + LABEL_LINE * i), line, fill="black", font=font)
     x += c.shape[1] + gap
   return np.asarray(canvas)
 

@@ -31,6 +31,7 @@ import optax
 from absl import logging
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from megan_jax import (checkpointing, evaluate, fingerprint, logging_utils, multiprocess, paths,
@@ -70,7 +71,9 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
   config.deterministic adds XLA's `--xla_gpu_deterministic_ops=true` (deterministic scatter and
   reductions; it only matters on GPU, the CPU is deterministic anyway). config.distributed.enabled
   calls `jax.distributed.initialize` (arguments left unset are auto-detected on SLURM/TPU/MPI).
-  config.compilation_cache_dir turns on JAX's persistent compilation cache.
+  config.compilation_cache_dir turns on JAX's persistent compilation cache there (default
+  `paths.default_cache_dir()`; None: off): a later run of the same program and shapes loads it
+  instead of compiling, and the compile line says so (`progress.compiling`).
   """
   if config.deterministic and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DETERMINISTIC_FLAG).strip()
@@ -78,8 +81,13 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
   if dist.enabled:
     jax.distributed.initialize(coordinator_address=dist.coordinator_address,
                                num_processes=dist.num_processes, process_id=dist.process_id)
-  if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+  cache = config.get("compilation_cache_dir")
+  cache = os.path.abspath(os.path.expanduser(cache)) if cache else None
+  if cache != jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    compilation_cache.reset_cache()  # JAX decides whether to use it once: decide again
+  if cache:
+    progress.watch_compilation_cache(cache)
 
 
 def new_state(params, tx: optax.GradientTransformation) -> TrainState:
@@ -307,7 +315,7 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
     local = next(data_iter)
     data_print.add(local["digest"])
     return {k: to_global(local[k], data_sharding) for k in ("lr", "gt")}, local["digest"]
-  window, last_logged, bar = None, {}, None
+  window, window_first, last_logged, bar = None, None, {}, None
   try:
     # grain starts its worker processes at the first batch
     with stop.sparing_children(config.data.workers > 0):
@@ -325,7 +333,10 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
       else:
         state, metrics = train_step(state, batch, streams["lmga"])
         bar.update()
-      window = metrics if window is None else window.merge(metrics)
+      if window is None:
+        window, window_first = metrics, step
+      else:
+        window = window.merge(metrics)
       is_last = step == config.num_steps
       is_log = step % config.log_every == 0 or is_last
       stopping = (_any_process(stop.signum is not None) if is_log or jax.process_count() == 1
@@ -339,13 +350,12 @@ def _train(config, workdir: str, model, stop: stop_signals.StopSignals) -> dict[
         last_logged = {**scalars, "lr": lr}
         speed = _speed(bar, config.batch_size)
         writer.write_scalars(step, {**last_logged, **speed})
-        progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed))
+        progress.note(_log_line(step, config.num_steps, scalars["loss"], lr, speed, window_first))
       if validator is not None and (step % config.eval_every == 0 or is_last):
         val, image = validator(_local_params(state.params))
         writer.write_scalars(step, val)
         writer.write_image(step, "val/LR_model_baseline_GT", image)
-        progress.note(f"step {step} validation: " +
-                      ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        progress.note(_val_line(step, evaluate.dataset_name(config.val), val))
       if step % config.checkpoint_every == 0 or is_last or stopping or val is not None:
         if window is not None:
           _check_finite(_host_scalars(window), step, last_good, workdir)
@@ -387,8 +397,19 @@ def _speed(bar, batch_size: int) -> dict[str, float]:
           "eta_sec": speed["eta_sec"]}
 
 
-def _log_line(step: int, num_steps: int, loss: float, lr: float, speed: dict[str, float]) -> str:
-  line = f"step {step}/{num_steps} | loss {loss:.5f} | lr {lr:.3g}"
+def _val_line(step: int, name: str, val: dict[str, float]) -> str:
+  """The validation line: the model's PSNR-Y/SSIM-Y on `name` and the baseline's beside them."""
+  return (f"step {step} validation on {name}: PSNR-Y {val['val_psnr_y']:.2f} dB, SSIM-Y "
+          f"{val['val_ssim_y']:.4f} (bicubic + blending: {val['val_baseline_psnr_y']:.2f} dB, "
+          f"{val['val_baseline_ssim_y']:.4f})")
+
+
+def _log_line(step: int, num_steps: int, loss: float, lr: float, speed: dict[str, float],
+              first: int | None = None) -> str:
+  """The log line of `step`; `loss` is the mean over steps `first`..`step` (the interval since
+  the last line: one batch's loss is too noisy to show a trend)."""
+  over = f" (mean of steps {first}-{step})" if first is not None and first < step else ""
+  line = f"step {step}/{num_steps} | loss {loss:.5f}{over} | lr {lr:.3g}"
   if speed:
     line += (f" | {speed['steps_per_sec']:.2f} steps/s | {speed['clips_per_sec']:.1f} clips/s | "
              f"ETA {progress.format_duration(speed['eta_sec'])}")

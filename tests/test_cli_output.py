@@ -65,7 +65,8 @@ def test_config_listing_has_every_field_its_value_and_its_comment():
       assert children, path
       assert all(d == f"part of {path}: {comment.strip()}" for d in children
                  if d.startswith("part of ")), path
-  assert rows["val.kind"][1] == "part of val: validation set, an eval spec like eval.datasets"
+  for field in ("kind", "root", "name", "list_file", "lr_root", "max_clips"):  # each its own
+    assert rows[f"val.{field}"][1] == vimeo.EVAL_SPEC_FIELDS[field], field
 
 
 def test_help_names_the_listing_and_workdir_is_required_to_run():
@@ -97,7 +98,8 @@ def test_train_prints_summary_compile_time_and_what_it_wrote(tmp_path):
                              f"Conv_1 {TOY_PARAMS['Conv_1']:,}); full table in ")
   assert lines[2] == "1 device (cpu), 1 process; global batch 4 of 4x8x8 LR clips (4 per device)"
   assert lines[3] == "compiling the train step (first time takes minutes on a CPU)"
-  assert re.fullmatch(r"compiled the train step and ran it once in \d+m\d\ds", lines[4])
+  assert re.fullmatch(r"compiled the train step and ran it once in \d+m\d\ds"
+                      r"(; (saved in|loaded from) the compilation cache .+)?", lines[4])
   assert lines[5].startswith("step 2/4 | loss ") and " ETA " in lines[5]
   with open(os.path.join(workdir, logging_utils.PARAMETERS_NAME), encoding="utf-8") as f:
     assert "Conv_1/kernel" in f.read()
@@ -121,9 +123,11 @@ def test_every_field_has_its_own_description_and_none_is_a_heading():
   from configs import demo, vimeo  # pylint: disable=import-outside-toplevel
   headings = _comment_lines("configs/vimeo.py", "configs/demo.py", "megan_jax/models/configs.py")
   assert "LMGA (Sec. 3.3, Eq. (12)-(13))." in headings  # the headings the listing once showed
-  for config, name, whole in ((vimeo.get_config(), "configs/vimeo.py", {"val"}),
-                              (demo.get_config(), "configs/demo.py", {"val", "data.prescale"})):
+  for config, name, whole in ((vimeo.get_config(), "configs/vimeo.py", set()),
+                              (demo.get_config(), "configs/demo.py", {"data.frames"})):
     _, *lines = config_doc.listing(config, name).splitlines()
+    assert f"val.root  {config.val.root!r}" in "\n".join(  # a path is shown whole
+        re.sub(r"\s{2,}", "  ", l) for l in lines)
     rows = dict((p, d) for p, _, d in (re.split(r"\s{2,}", l, maxsplit=2) for l in lines))
     by_text = {}
     for path, text in rows.items():

@@ -2,8 +2,10 @@
 checked against hand-computed PSNR, brute-force searches and the pixels they must show."""
 
 import math
+import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from megan_jax import comparison, metrics, plots, report
@@ -58,24 +60,44 @@ def test_a_large_set_plots_the_clips_where_the_model_gains_least():
   assert note == f"{plots.MAX_CLIPS} of 15 clips: those where m gains least over b"
 
 
-def test_best_box_is_the_brute_force_maximum():
+def test_best_box_is_the_brute_force_maximum_of_the_squared_error_drop():
   rng = np.random.default_rng(0)
   gt, model, base = (rng.integers(0, 256, (20, 26, 3), dtype=np.uint8) for _ in range(3))
   box, gain = comparison.best_box(model, base, gt, 8, stride=1)
   crop = lambda img, t, l: img[t:t + 8, l:l + 8]
-  brute = max((metrics.psnr_y(crop(model, t, l), crop(gt, t, l))
-               - metrics.psnr_y(crop(base, t, l), crop(gt, t, l)), (t, l))
-              for t in range(13) for l in range(19))
+  sse = lambda img, t, l: float(np.sum((metrics.rgb_to_y(crop(img, t, l))
+                                        - metrics.rgb_to_y(crop(gt, t, l))) ** 2))
+  brute = max((sse(base, t, l) - sse(model, t, l), (t, l)) for t in range(13) for l in range(19))
   assert box == (*brute[1], 8, 8)
-  np.testing.assert_allclose(gain, brute[0], rtol=1e-9)
+  t, l = brute[1]
+  np.testing.assert_allclose(gain, metrics.psnr_y(crop(model, t, l), crop(gt, t, l))
+                             - metrics.psnr_y(crop(base, t, l), crop(gt, t, l)), rtol=1e-9)
 
 
-def test_best_frame_picks_the_largest_finite_gain():
+def test_best_box_prefers_detail_fixed_to_a_larger_db_gain_on_a_flat_patch():
+  """Issue 26: a flat patch where both are nearly right (MSE 0.1 -> 0.01: +10 dB) against an edge
+  whose error the model cuts from 400 to 100 (+6 dB): the edge is what a person can see."""
+  gt = np.full((8, 16, 3), 128, np.uint8)  # grey: Y errors are the RGB errors times one factor
+  base, model = gt.astype(np.float64), gt.astype(np.float64)
+  base[:, :8] += np.sqrt(0.1)   # left half: squared error 0.1 -> 0.01
+  model[:, :8] += np.sqrt(0.01)
+  base[:, 8:] += 20.0           # right half: 400 -> 100
+  model[:, 8:] += 10.0
+  box, gain = comparison.best_box(model, base, gt, 8, stride=8)
+  assert box == (0, 8, 8, 8)
+  np.testing.assert_allclose(gain, 10 * np.log10(400 / 100), rtol=1e-6)
+
+
+def test_best_frame_picks_the_largest_drop_of_the_squared_error():
   res = lambda *clips: {"clips": [{"frames": [{"index": i, "psnr_y": v} for i, v in enumerate(c)]}
                                   for c in clips]}
-  model = res([30.0, 31.0], [29.0, math.inf, 33.0])
-  base = res([29.0, 29.5], [28.0, 30.0, 30.5])
-  assert comparison.best_frame({"m": model, "b": base}, "m", "b") == (1, 2, 2.5)
+  # MSE = 255^2 / 10^(PSNR / 10): frame (0, 1) 10 -> 1 (+10 dB), frame (1, 0) 1000 -> 100 (+10 dB),
+  # frame (1, 1) 1000 -> 500 (+3 dB): the largest drop is (1, 0), then (1, 1).
+  psnr = lambda mse: 10 * math.log10(255.0 ** 2 / mse)
+  model = res([psnr(100), psnr(1)], [psnr(100), psnr(500)])
+  base = res([psnr(100), psnr(10)], [psnr(1000), psnr(1000)])
+  assert comparison.best_frame({"m": model, "b": base}, "m", "b") == (1, 0, pytest.approx(10.0))
+  assert comparison.best_frame({"m": base, "b": model}, "m", "b") is None  # worse everywhere
 
 
 def test_crops_show_the_frame_and_place_of_the_largest_gain():
@@ -90,9 +112,10 @@ def test_crops_show_the_frame_and_place_of_the_largest_gain():
          for name, out in (("Bicubic", base), ("Model", model))}
   image, caption = comparison.crops(ArraySequence("clip", gt), fns, model="Model",
                                     baseline="Bicubic", index=3, frame_gain=1.5, crop=8, zoom=2)
-  assert caption.startswith("clip frame 3 (interpolated), the frame where Model gains most over "
-                            "Bicubic (+1.50 dB PSNR-Y); in it the 8x8 crop at x=20, y=12")
-  top = 3 * report.LABEL_LINE  # caption, name, PSNR
+  assert caption.startswith("clip frame 3 (interpolated), the frame where Model's squared error "
+                            "falls most below Bicubic's (+1.50 dB PSNR-Y); in it the 8x8 crop at "
+                            "x=20, y=12")
+  top = 4 * report.LABEL_LINE  # caption (2 lines), name, PSNR
   assert image.shape == (top + 16, 4 * 16 + 3 * 4, 3)  # LR | Bicubic | Model | GT, gaps of 4
   zoomed = lambda img: np.repeat(np.repeat(img[12:20, 20:28], 2, 0), 2, 1)
   np.testing.assert_array_equal(image[top:, 2 * 20:2 * 20 + 16], zoomed(model[3]))
@@ -100,3 +123,17 @@ def test_crops_show_the_frame_and_place_of_the_largest_gain():
   lr = np.clip(np.floor(imresize_np(gt[2], 1 / 4) + 0.5), 0, 255).astype(np.uint8)  # MATLAB uint8
   nearest = np.repeat(np.repeat(lr, 4, 0), 4, 1)  # the input frame before 3, nearest x4
   np.testing.assert_array_equal(image[top:, :16], zoomed(nearest))
+
+
+def test_labels_are_drawn_in_dejavu_sans():
+  """The label area is exactly what PIL draws with matplotlib's DejaVuSans.ttf at 12 px (the
+  built-in bitmap font ran words together: 'mostover')."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  from PIL import ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
+  panel = np.zeros((8, 160, 3), np.uint8)
+  image = report.side_by_side_image([("most over the crop at", panel)])
+  font = ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf",
+                                         "DejaVuSans.ttf"), 12)
+  want = Image.new("RGB", (160, report.LABEL_LINE), "white")
+  ImageDraw.Draw(want).text((3, 1), "most over the crop at", fill="black", font=font)
+  np.testing.assert_array_equal(image[:report.LABEL_LINE], np.asarray(want))

@@ -16,7 +16,8 @@ from megan_jax import checkpointing
 from megan_jax import infer as infer_module
 from megan_jax.data.sources import ArraySequence
 from megan_jax.infer import infer, infer_windows, upscale_frames
-from megan_jax.models import build_model
+from megan_jax.models import ModelSpec, build_model
+from megan_jax.models.reconstruction import Reconstruction
 
 from configs import vimeo  # pylint: disable=wrong-import-order
 
@@ -201,3 +202,71 @@ def test_time_1x_same_frame_count_rate_and_the_2x_frames_at_the_input_times(run,
     np.testing.assert_array_equal(a, b)
   rate, frames = infer_fakes.read_video(outputs["one.mp4"])
   assert rate == FPS and len(frames) == N and frames[0].shape == (4 * H, 4 * W, 3)
+
+
+
+def _compiled(fn, *args):
+  """(the compiled program, its FLOPs as XLA counts them)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  cost = compiled.cost_analysis()
+  return compiled, (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def test_reconstruction_of_only_the_frames_asked_for():
+  """MEGAN's back end with frames=(0, 2, 4, 6): the same outputs as all 7 at those indices, and
+  the FLOPs saved are the per-frame work (residual blocks, upsampler) of the 3 frames dropped,
+  counted by hand."""
+  m = vimeo.get_config("tiny").model
+  recon = Reconstruction(ModelSpec.from_config(m).conv, m.pfrdb_blocks, m.pfrdb_slope, m.back_rbs,
+                         m.hr_features)
+  c, hr, h, w = m.nf, m.hr_features, 16, 16
+  x = jax.random.normal(jax.random.key(3), (1, 7, h, w, c))  # (B, 2n+1, H, W, C) features
+  variables = recon.init(jax.random.key(0), x)
+  full, all_flops = _compiled(recon.apply, variables, x)
+  part, part_flops = _compiled(lambda v, x: recon.apply(v, x, (0, 2, 4, 6)), variables, x)
+  np.testing.assert_allclose(np.asarray(part(variables, x)),
+                             np.asarray(full(variables, x))[:, ::2], atol=1e-6)
+  conv = lambda pixels, cin, cout: 2 * pixels * 9 * cin * cout  # 3x3 conv, multiply-adds x 2
+  per_frame = (m.back_rbs * 2 * conv(h * w, c, c) + conv(h * w, c, 4 * c)  # RBs, up1
+               + conv(4 * h * w, c, 4 * hr) + conv(16 * h * w, hr, hr)    # up2, hr_conv
+               + conv(16 * h * w, hr, 3))                                 # conv_last
+  assert all_flops - part_flops == pytest.approx(3 * per_frame, rel=0.03)
+
+
+@pytest.mark.parametrize("num_frames", [2, 5, 9])
+def test_1x_from_the_outputs_at_the_input_times_only(num_frames):
+  """A predict fn that returns only the n+1 outputs at the input times (as the model does at 1x)
+  gives the same frames as one that returns all 2n+1."""
+  frames = np.random.default_rng(num_frames).integers(0, 256, (num_frames, 4, 4, 3), np.uint8)
+  seq = ArraySequence("c", frames)
+  even = lambda lr: infer_fakes.nearest_predict(lr)[:, ::2]
+  got = list(upscale_frames(even, seq, progress=False, time="1x"))
+  want = list(upscale_frames(infer_fakes.nearest_predict, seq, progress=False, time="1x"))
+  assert len(got) == num_frames
+  np.testing.assert_array_equal(np.stack(got), np.stack(want))
+
+
+def test_1x_asks_the_model_for_its_frames_only_and_names_the_checkpoint(run, tmp_path, capsys,
+                                                                         monkeypatch):
+  """infer at 1x restores a predictor for output frames (0, 2, 4, 6) of the tiny MEGAN (whose
+  output then has 4 frames: shapes only, nothing compiled) and says which checkpoint it uses."""
+  config, workdir, video, _ = run
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.infer.input, config.infer.time = video, "1x"
+  config.infer.output = str(tmp_path / "one")
+  restore, asked = infer_module.restore_predict_fn, []
+
+  def spy(*args, **kwargs):
+    predictor, step = restore(*args, **kwargs)
+    asked.append(predictor.frames)
+    x = jnp.zeros((1, 4, 16, 16, 3))
+    out = jax.eval_shape(lambda v: predictor._jit.model.apply(  # pylint: disable=protected-access
+        v, x, train=False, frames=predictor.frames), predictor.variables)
+    assert out.shape == (1, 4, 64, 64, 3)
+    return (lambda lr: infer_fakes.nearest_predict(lr)[:, ::2]), step
+
+  monkeypatch.setattr(infer_module, "restore_predict_fn", spy)
+  assert len(infer_fakes.read_frames(infer(config, workdir))) == N
+  assert asked == [(0, 2, 4, 6)]
+  out = capsys.readouterr().out
+  assert f"using the parameters of step 3 in {os.path.join(workdir, 'checkpoints')}\n" in out

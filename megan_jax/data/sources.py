@@ -237,6 +237,32 @@ class ArraySequence:
     return self.frames[_check_indices(indices, self.num_frames, self.name)]
 
 
+class FrameRange:
+  """Frames [start, stop) of another sequence, re-indexed from 0 (e.g. the part of a clip that
+  no training saw); `first` is the index its frame 0 has in the whole sequence."""
+
+  def __init__(self, sequence, start: int, stop: int):
+    where = getattr(sequence, "path", sequence.name)
+    if not 0 <= start < stop <= sequence.num_frames:
+      raise DataError(f"{where}: frames [{start}, {stop}) are not a range of its "
+                      f"{sequence.num_frames} frames")
+    self.sequence, self.first, self._count = sequence, int(start), int(stop - start)
+    self.name, self.lr = sequence.name, None
+    if getattr(sequence, "path", None) is not None:
+      self.path = f"{sequence.path} frames {start}..{stop - 1}"
+
+  @property
+  def num_frames(self) -> int:
+    return self._count
+
+  def read(self, indices) -> np.ndarray:
+    indices = _check_indices(indices, self._count, getattr(self, "path", self.name))
+    return self.sequence.read([self.first + i for i in indices])
+
+  def __repr__(self) -> str:
+    return f"FrameRange({self.sequence!r}, {self.first}, {self.first + self._count})"
+
+
 def list_sequences(root: str, names=None) -> list:
   """The sequences under `root`: each frame subfolder and each video file, natural order.
 

@@ -66,11 +66,15 @@ class FrontEnd(nn.Module):
 
 
 class MEGAN(nn.Module):
-  """The full network. `train` switches LMGA's random global pool (RNG stream "lmga")."""
+  """The full network. `train` switches LMGA's random global pool (RNG stream "lmga"); `frames`
+  (indices of the 2n+1 outputs, None: all) reconstructs only those: everything up to the PFRDBs
+  needs every frame, the per-frame residual blocks and upsampler run on `frames` alone (upscaling
+  at the input frame rate does not reconstruct the frames it drops)."""
   spec: ModelSpec
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               frames: tuple[int, ...] | None = None) -> jax.Array:
     s, conv = self.spec, self.spec.conv
     if x.ndim != 5 or x.shape[-1] != 3:
       raise ValueError(f"MEGAN expects (B, n+1, H, W, 3) frames, got shape {x.shape}")
@@ -96,8 +100,9 @@ class MEGAN(nn.Module):
       feats = LMGA(conv, s.lmga_tau, s.lmga_layers, s.lmga_pool, s.lmga_node_embed, s.lmga_graph,
                    s.lmga_self_loops, s.lmga_output, name="lmga")(feats, train=train)
     out = Reconstruction(conv, s.pfrdb_blocks if s.use_pfrdb else 0, s.pfrdb_slope, s.back_rbs,
-                         s.hr_features, name="recon")(feats)
-    out = out.astype(jnp.float32)  # (B, 2n+1, 4H, 4W, 3)
+                         s.hr_features, name="recon")(feats, frames)
+    out = out.astype(jnp.float32)  # (B, 2n+1, 4H, 4W, 3), or (B, len(frames), ...)
     if s.global_residual:
-      out = out + bicubic_blend_jnp(x.astype(jnp.float32))  # unrounded by `dtype`
+      base = bicubic_blend_jnp(x.astype(jnp.float32))  # unrounded by `dtype`
+      out = out + (base if frames is None else base[:, list(frames)])
     return out

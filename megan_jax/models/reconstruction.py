@@ -69,10 +69,14 @@ class Reconstruction(nn.Module):
   hr_features: int
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    b, t, h, w, c = x.shape  # (B, T, H, W, C)
+  def __call__(self, x: jax.Array, frames: tuple[int, ...] | None = None) -> jax.Array:
+    """`frames`: the indices of the T frames to reconstruct (None: all). The PFRDBs fuse all T
+    frames; the residual blocks and the upsampler, per frame, run on `frames` only."""
     for i in range(self.pfrdb_blocks):
       x = ProgressiveFusionBlock(self.spec, self.pfrdb_slope, name=f"pfrdb{i}")(x)
+    if frames is not None:
+      x = x[:, list(frames)]
+    b, t, h, w, c = x.shape  # (B, T', H, W, C): T' = len(frames)
     x = x.reshape(b * t, h, w, c)
     for i in range(self.back_rbs):
       x = ResidualBlock(self.spec, name=f"rb{i}")(x)

@@ -139,6 +139,22 @@ def training(meta: dict) -> str:
                         for i, (steps, config_file) in enumerate(stages))
 
 
+def describe_checkpoint(config, workdir: str, params, step: int) -> str:
+  """What the checkpoint of `step` in `workdir` holds, in words, for a run to name what it uses:
+  "the parameters of step 200 in W/checkpoints", or for a step-0 checkpoint that holds the
+  `config.pretrained` parameters unchanged, "the parameters demo_small (6000 steps of ...)"."""
+  where = f"step {step} in {checkpointing.checkpoint_dir(workdir)}"
+  if step == 0 and config.get("pretrained"):
+    start, meta = load(config.pretrained)
+    mine = traverse_util.flatten_dict(dict(params.get("params", params)))
+    theirs = traverse_util.flatten_dict(dict(start))
+    if mine.keys() == theirs.keys() and all(
+        np.array_equal(np.asarray(mine[k]), np.asarray(theirs[k])) for k in mine):
+      trained = f" ({training(meta)})" if "steps" in meta else ""
+      return f"the parameters {config.pretrained}{trained}, {where}"
+  return f"the parameters of {where}"
+
+
 def start_workdir(config, workdir: str, expected=None, announce: bool = True) -> str | None:
   """Makes `config.pretrained` the step-0 checkpoint of `workdir` when it holds none yet, once its
   arrays match `expected` (a parameter tree of arrays or ShapeDtypeStructs; default:
