@@ -6,11 +6,7 @@ with `evaluate_sequences`, or against the other path (infer's frames scored by h
 import json
 import os
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
@@ -133,16 +129,8 @@ def test_eval_and_infer_of_tiny_megan_in_bfloat16_agree_end_to_end(tmp_path):
                      save_crops=False)
   config.infer.update(input=str(lr_dir), output=str(tmp_path / "out"), dtype="bfloat16",
                       progress=False)
-  model = build_model(config.model)
-  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
-                                             jnp.zeros((1, 4, 8, 12, 3))))
-  params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
-                        shapes["params"])
   workdir = str(tmp_path / "workdir")
-  manager = checkpointing.make_manager(workdir, async_save=False)
-  manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
-  manager.wait_until_finished()
-  manager.close()
+  train_fakes.save_random_params(workdir, build_model(config.model), (1, 4, 8, 12, 3))
 
   out = evaluate.evaluate(config, workdir)
   scored = out["results"]["clips"]["MEGAN"]["clips"][0]["frames"]

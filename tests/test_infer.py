@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 import infer_fakes
-from megan_jax import checkpointing
+import train_fakes
 from megan_jax import infer as infer_module
 from megan_jax.data.sources import ArraySequence
 from megan_jax.infer import infer, infer_windows, upscale_frames
@@ -37,16 +36,8 @@ def run(tmp_path_factory):
   config = vimeo.get_config("tiny")
   config.infer.progress = False
   model = build_model(config.model)
-  keys = {"params": jax.random.key(0), "lmga": jax.random.key(1)}
-  shapes = jax.eval_shape(lambda: model.init(keys, jnp.zeros((1, 4, 16, 16, 3)), train=False))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
-                        shapes["params"])
   workdir = str(root / "workdir")
-  manager = checkpointing.make_manager(workdir, async_save=False)
-  manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
-  manager.wait_until_finished()
-  manager.close()
+  train_fakes.save_random_params(workdir, model, (1, 4, 16, 16, 3), train=False)
   video = str(root / "source.mp4")
   infer_fakes.write_video(video, _source_frames(), FPS)
   return config, workdir, video, root

@@ -22,6 +22,24 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def save_random_params(workdir: str, model, frames_shape: tuple, *, step: int = 3,
+                       seed: int = 0, **init_kwargs) -> None:
+  """A workdir holding one orbax checkpoint (`step`) of `model`'s parameters drawn as 0.05 N(0, 1)
+  from numpy's `seed`: a trained-looking start for eval and infer tests without a training.
+  frames_shape: the (1, n+1, h, w, 3) input the parameter shapes are derived from."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from megan_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  keys = {"params": jax.random.key(0), "lmga": jax.random.key(1)}
+  shapes = jax.eval_shape(lambda: model.init(keys, jnp.zeros(frames_shape), **init_kwargs))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
+                        shapes["params"])
+  manager = checkpointing.make_manager(workdir, async_save=False)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+  manager.wait_until_finished()
+  manager.close()
+
+
 class ToyModel(nn.Module):
   """Per-frame conv, time mixing, pixel shuffle x4; Gaussian feature noise from "lmga" in training."""
   width: int = 8
