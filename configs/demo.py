@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.prescale = ml_collections.ConfigDict()  # downscaling factor per embedded clip
   c.data.frames = ml_collections.ConfigDict(
       {HELD_OUT: TRAIN_FRAMES})  # (start, stop) per embedded clip: train on those frames only
-  c.data.stills = ()            # scikit-image photographs moved into clips (data.stills.STILLS)
+  c.data.stills = ()            # photographs moved into clips: data.stills.STILLS names, image paths
   c.data.crop = 16
   c.data.workers = 0
   c.data.read_threads = 1

@@ -11,9 +11,9 @@ The batch and the training crop default to that config's too (batch_size, data.c
 eval.batch_size for infer). Each cell is compiled, warmed up and timed (`megan_jax.bench.measure`):
 median ms, items/s (output frames for infer, clips for train), compile time, FLOPs of the
 loop-free twin, TFLOP/s, the ratio of that TFLOP/s to a plain 3x3 conv of the model's width on the
-same frames timed right after the cell ("vs 3x3 conv", `programs.ceiling_program`) and peak
-memory. --flops-only only lowers: it counts the FLOPs of
-accelerator-sized cells on a CPU.
+same frames, the two timed in alternation for at least 5 pairs ("vs 3x3 conv": the median of the
+pairs' ratios, with their range; `programs.ceiling_program`) and peak memory. --flops-only only
+lowers: it counts the FLOPs of accelerator-sized cells on a CPU.
 
 Each cell runs in a fresh subprocess (the device's peak memory is then the cell's) unless
 --no-isolate. A cell's figures are printed as it finishes; --json=FILE is rewritten after every
@@ -134,7 +134,9 @@ def cell_line(r: dict) -> str:
     return f"[benchmark] {r['name']}: {r['status']} {r.get('error', '')}".rstrip()
   ms, rate, compile_s, gflop, tflops, vs_conv, peak = _figures(r)
   conv = (f" ({vs_conv} x the {r['conv3x3']['tflops_per_s']:.3f} TFLOP/s of a 3x3 conv of its "
-          f"width)" if r.get("vs_conv3x3") else "")
+          f"width; {len(r['conv3x3']['times_ms'])} alternating pairs ranged "
+          f"{r['vs_conv3x3_range'][0]:.2f}-{r['vs_conv3x3_range'][1]:.2f})"
+          if r.get("vs_conv3x3") else "")
   return (f"[benchmark] {r['name']}: {ms} ms, {rate}, compile {compile_s} s, {gflop} GFLOP, "
           f"{tflops} TFLOP/s{conv}, peak {peak} MiB")
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import train_fakes
-from configs import demo, pretrain, vimeo  # the repository root is on the path (conftest.py)
+from configs import demo, pretrain, pretrain_more, vimeo  # the repository root is on the path (conftest.py)
 from megan_jax import config_check
 
 # (field, bad value, the allowed values as the message must say them): written by hand from the
@@ -127,9 +127,10 @@ def test_none_only_where_a_field_documents_it():
 @pytest.mark.parametrize("make", [
     *[lambda v=v: vimeo.get_config(v) for v in (None, "no_lmga", "no_nlrb", "zsm", "small",
                                                 "tiny")],
-    demo.get_config, pretrain.get_config,
+    demo.get_config, pretrain.get_config, pretrain_more.get_config,
     lambda: train_fakes.fast_config("tiny", "data"),
-], ids=["vimeo", "no_lmga", "no_nlrb", "zsm", "small", "tiny", "demo", "pretrain", "test_fakes"])
+], ids=["vimeo", "no_lmga", "no_nlrb", "zsm", "small", "tiny", "demo", "pretrain", "pretrain_more",
+        "test_fakes"])
 def test_shipped_configs_pass(make):
   config_check.check(make())
 

@@ -32,6 +32,24 @@ def test_unknown_still_is_a_clear_error():
     stills.still_path("lena")
 
 
+def test_an_image_file_path_is_a_still(tmp_path):
+  """A 60x40 photograph: the 48x32 view (0.8 of each side) starts 6 rows and 4 columns in."""
+  image = np.random.default_rng(0).integers(0, 256, (60, 40, 3), dtype=np.uint8)
+  path = tmp_path / "wall.png"
+  Image.fromarray(image).save(path)
+  clips = stills.still_clips((str(path),), num_frames=1)
+  assert [c.name for c in clips] == ["still_wall_pan", "still_wall_zoom", "still_wall_rotate"]
+  for clip in clips:
+    np.testing.assert_array_equal(clip.frames[0], image[6:54, 4:36])
+
+
+def test_a_file_that_is_no_image_names_itself(tmp_path):
+  path = tmp_path / "notes.png"
+  path.write_text("not an image")
+  with pytest.raises(DataError, match="notes.png: not an image"):
+    stills.load_still(str(path))
+
+
 def test_stills_add_every_window_of_every_clip(monkeypatch):
   """9-frame clips give 3 windows of 7 each, after the embedded clips' windows."""
   rendered = {}

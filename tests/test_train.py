@@ -220,6 +220,12 @@ def test_configs_and_variants():
   from configs import pretrain  # pylint: disable=import-outside-toplevel
   p = pretrain.get_config()  # the packaged parameters never saw the demo's clip
   assert demo.HELD_OUT not in p.data.clips and not p.data.frames and p.pretrained is None
+  from configs import pretrain_more  # pylint: disable=import-outside-toplevel
+  m = pretrain_more.get_config("/photos")  # continues them on more photographs, same clips
+  assert demo.HELD_OUT not in m.data.clips and m.pretrained == "demo_small"
+  assert m.data.stills[:len(p.data.stills)] == p.data.stills
+  assert m.data.stills[len(p.data.stills):] == tuple(
+      f"/photos/{name}" for name in pretrain_more.OPENCV_STILLS)
 
 
 def test_deterministic_flag_is_added_once(monkeypatch):

@@ -1,7 +1,8 @@
 """How the benchmark times a program: compile time, median latency, FLOPs, peak memory.
 
 A program is lowered and compiled (compile_s), run `warmup` times, then timed `repeats` times with
-`jax.block_until_ready` after every call; "ms" is the median. TFLOP/s = FLOPs / median time.
+`jax.block_until_ready` after every call; "ms" is the median. TFLOP/s = FLOPs / median time. The
+3x3-conv ceiling, when asked for, is timed in alternation with the cell (`measure`).
 
 Peak memory is `device.memory_stats()["peak_bytes_in_use"]` where the backend reports it (GPU, TPU),
 else the compiled executable's `memory_analysis()` (arguments + outputs + temporaries - aliased);
@@ -27,6 +28,8 @@ from megan_jax import stop_signals
 from megan_jax.bench import profile
 from megan_jax.bench.programs import Cell, Program
 
+MIN_PAIRS = 5      # the fewest (cell, conv) pairs a ceiling ratio is the median of
+MAX_CONV_CALLS = 1000  # the most conv calls in the conv's half of a pair
 _STOP_GRACE_S = 10  # how long a stopped cell subprocess may take to exit before it is killed
 
 
@@ -74,22 +77,62 @@ def count_flops(program: Program) -> float | None:
                      .cost_analysis())
 
 
-def measure(program: Program, *, warmup: int, repeats: int, profile_dir: str | None = None,
-            device_peak: bool = True) -> dict:
-  """Compile time, median ms, items/s, FLOPs, TFLOP/s and peak memory of one program."""
+def _compile(program: Program) -> tuple:
+  """The compiled program, its compile time in seconds and its FLOPs per call."""
   start = time.perf_counter()
   lowered = program.fn.lower(*program.args)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   flops = total_flops(lowered.cost_analysis()) if program.count_fn is None else count_flops(program)
+  return compiled, compile_s, flops
+
+
+def _timed(compiled, args: tuple, threads_state: bool) -> tuple:
+  """One call's seconds and the next call's arguments."""
+  start = time.perf_counter()
+  args = _call(compiled, args, threads_state)
+  return time.perf_counter() - start, args
+
+
+def measure(program: Program, *, warmup: int, repeats: int, profile_dir: str | None = None,
+            device_peak: bool = True, ceiling: Program | None = None) -> dict:
+  """Compile time, median ms, items/s, FLOPs, TFLOP/s and peak memory of one program.
+
+  With `ceiling` (`programs.ceiling_program`), the two programs are timed in alternation, cell
+  then conv, for max(repeats, MIN_PAIRS) pairs, and each pair gives one ratio of the cell's
+  TFLOP/s to the conv's: "vs_conv3x3" is their median, "vs_conv3x3_range" their min and max. The
+  conv's half of a pair is as many back-to-back calls as take about one call of the cell (a
+  single conv of a train cell lasts a few ms, at the mercy of the scheduler), and its time is
+  their mean. A load that comes and goes then weighs on both halves of a pair alike, which timing
+  the conv after all of the cell's calls did not (issue 29: 0.47x and 1.13x for one cell).
+  """
+  compiled, compile_s, flops = _compile(program)
   args = program.args
   for _ in range(warmup):
     args = _call(compiled, args, program.threads_state)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    args = _call(compiled, args, program.threads_state)
-    times.append(time.perf_counter() - start)
+  conv = None
+  if ceiling is not None:
+    conv_compiled, _, conv_flops = _compile(ceiling)
+    conv_args = ceiling.args
+    for _ in range(warmup):
+      conv_args = _call(conv_compiled, conv_args, ceiling.threads_state)
+    # One untimed-for-the-result call of each sizes the conv's half of a pair: `calls` calls of
+    # the conv take about as long as one of the cell.
+    cell_s, args = _timed(compiled, args, program.threads_state)
+    conv_s, conv_args = _timed(conv_compiled, conv_args, ceiling.threads_state)
+    calls = int(min(MAX_CONV_CALLS, max(1, round(cell_s / max(conv_s, 1e-9)))))
+  times, conv_times = [], []
+  for _ in range(repeats if ceiling is None else max(repeats, MIN_PAIRS)):
+    seconds, args = _timed(compiled, args, program.threads_state)
+    times.append(seconds)
+    if ceiling is not None:
+      start = time.perf_counter()
+      for _ in range(calls):
+        conv_args = _call(conv_compiled, conv_args, ceiling.threads_state)
+      conv_times.append((time.perf_counter() - start) / calls)
+  if ceiling is not None:
+    conv = _ratios(flops, times, conv_flops, conv_times)
+    conv["conv3x3"]["calls_per_pair"] = calls
   top_ops = None
   if profile_dir:
     state = {"args": args}
@@ -102,7 +145,22 @@ def measure(program: Program, *, warmup: int, repeats: int, profile_dir: str | N
   return {"status": "ok", "compile_s": compile_s, "ms": 1e3 * seconds,
           "times_ms": [1e3 * t for t in times], "items_per_s": program.items_per_call / seconds,
           "flops": flops, "tflops_per_s": flops / seconds / 1e12 if flops else None,
-          **_memory(compiled, device_peak), "profile_top_ops": top_ops}
+          **_memory(compiled, device_peak), "profile_top_ops": top_ops, **(conv or {})}
+
+
+def _ratios(flops: float | None, times: list, conv_flops: float | None, conv_times: list) -> dict:
+  """The conv ceiling's figures and the cell's pairwise TFLOP/s ratios to it."""
+  conv_s = float(np.median(conv_times))
+  result = {"conv3x3": {"ms": 1e3 * conv_s, "times_ms": [1e3 * t for t in conv_times],
+                        "flops": conv_flops,
+                        "tflops_per_s": conv_flops / conv_s / 1e12 if conv_flops else None},
+            "vs_conv3x3": None, "vs_conv3x3_range": None}
+  if flops and conv_flops:
+    # (flops / t) / (conv_flops / c) for each pair (t, c) timed back to back
+    ratios = [flops * c / (conv_flops * t) for t, c in zip(times, conv_times)]
+    result.update(vs_conv3x3=float(np.median(ratios)),
+                  vs_conv3x3_range=[float(min(ratios)), float(max(ratios))])
+  return result
 
 
 def _device() -> dict:
@@ -114,14 +172,6 @@ def record(cell: Cell) -> dict:
   """The cell's fields as they appear in a result."""
   return {**dataclasses.asdict(cell), "size": f"{cell.size[0]}x{cell.size[1]}",
           "overrides": dict(cell.overrides), "name": cell.name}
-
-
-def ceiling(program: Program, tflops_per_s: float | None, *, warmup: int, repeats: int) -> dict:
-  """The cell's 3x3-conv ceiling (`programs.ceiling_program`), timed right after the cell: its
-  ms and TFLOP/s, and "vs_conv3x3", the cell's TFLOP/s over the conv's."""
-  m = measure(program, warmup=warmup, repeats=repeats, device_peak=False)
-  ratio = tflops_per_s / m["tflops_per_s"] if tflops_per_s and m["tflops_per_s"] else None
-  return {"conv3x3": {k: m[k] for k in ("ms", "flops", "tflops_per_s")}, "vs_conv3x3": ratio}
 
 
 def run_cell(cell: Cell, make_program: Callable[[Cell], Program], *, warmup: int, repeats: int,
@@ -139,10 +189,8 @@ def run_cell(cell: Cell, make_program: Callable[[Cell], Program], *, warmup: int
       result.update(status="flops-only", flops=count_flops(program), **_device())
     else:
       result.update(measure(program, warmup=warmup, repeats=repeats, profile_dir=trace,
-                            device_peak=device_peak), **_device())
-      if make_ceiling is not None:
-        result.update(ceiling(make_ceiling(cell), result["tflops_per_s"], warmup=warmup,
-                              repeats=repeats))
+                            device_peak=device_peak,
+                            ceiling=make_ceiling(cell) if make_ceiling else None), **_device())
   except Exception as exc:  # pylint: disable=broad-except
     if not is_oom(exc):
       traceback.print_exc()

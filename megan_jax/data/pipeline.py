@@ -115,8 +115,8 @@ def make_train_iter(data_cfg, *, batch_size: int, seed: int, shard_index: int | 
   relative to root, or "train"), lr_root (optional); embedded: clips (names, default
   all), prescale ({name: factor}, e.g. {"bigbuckbunny": 2}), frames ({name: (start, stop)}: train
   on those frames of a clip only, default all), extra (paths of more training
-  footage, `mixed.folder_source`), stills (scikit-image's photographs moved into clips,
-  `stills.STILLS`); frames: root (one such path).
+  footage, `mixed.folder_source`), stills (scikit-image's photographs or image files moved
+  into clips, `data.stills`); frames: root (one such path).
   """
   shard_index, shard_count = _process_shard(shard_index, shard_count)
   source = make_train_source(data_cfg)

@@ -1,7 +1,9 @@
-"""Training clips from photographs a user has: scikit-image's bundled photographs, moved.
+"""Training clips from photographs a user has: scikit-image's bundled photographs, or image files, moved.
 
 scikit-image ships a few photographs inside its wheel (`skimage/data/*`, no download); we find
-them with `importlib.util.find_spec` without importing skimage. Each becomes one clip per motion
+them with `importlib.util.find_spec` without importing skimage. An entry of `data.stills` is
+either one of their names (`STILLS`) or the path of an image file a user has (any format PIL
+reads; configs/pretrain_more.py uses the photographs of Debian's opencv-doc). Each becomes one clip per motion
 kind of `embedded.MOTIONS` (pan, zoom, rotate), rendered by `embedded.synthetic_clip` from the
 photograph at its own resolution: the photograph is the GT, the pipeline makes the LR as for any
 clip. Grey photographs are repeated over the three channels.
@@ -33,9 +35,13 @@ VIEW = 0.8  # each frame shows this fraction of the photograph's height and widt
 
 
 def still_path(name: str) -> str:
-  """The file of the bundled photograph `name` (a key of `STILLS`)."""
+  """The file of the bundled photograph `name` (a key of `STILLS`), or `name` itself when it is
+  the path of an existing file."""
   if name not in STILLS:
-    raise DataError(f"config.data.stills: {name!r} unknown, expected names in {list(STILLS)}")
+    if os.path.isfile(name):
+      return name
+    raise DataError(f"config.data.stills: {name!r} unknown, expected names in {list(STILLS)} "
+                    "or the path of an image file")
   spec = importlib.util.find_spec("skimage")
   if spec is None or not spec.submodule_search_locations:
     raise DataError("config.data.stills needs scikit-image's photographs: "
@@ -46,9 +52,18 @@ def still_path(name: str) -> str:
   return path
 
 
+def still_name(name: str) -> str:
+  """How clips name the photograph: the bundled name, or the file name without its extension."""
+  return name if name in STILLS else os.path.splitext(os.path.basename(name))[0]
+
+
 def load_still(name: str) -> np.ndarray:
   """The photograph as uint8 (H, W, 3)."""
-  return np.asarray(Image.open(still_path(name)).convert("RGB"))
+  path = still_path(name)
+  try:
+    return np.asarray(Image.open(path).convert("RGB"))
+  except (OSError, ValueError) as err:
+    raise DataError(f"config.data.stills: {path}: not an image PIL can read ({err})") from err
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,5 +76,5 @@ def still_clips(names: tuple, num_frames: int = 13) -> list:
     size = tuple(int(VIEW * s) // 4 * 4 for s in image.shape[:2])
     for kind in MOTIONS:
       frames = synthetic_clip(kind, num_frames, size, image=image).frames
-      clips.append(ArraySequence(f"still_{name}_{kind}", frames))
+      clips.append(ArraySequence(f"still_{still_name(name)}_{kind}", frames))
   return clips
