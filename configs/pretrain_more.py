@@ -21,8 +21,9 @@ import os
 import ml_collections
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
-# Debian's opencv 4.6.0+dfsg copyright puts samples/data/* under its "Files: *" stanza
-# (Apache-2.0, Intel Corporation and others); Debian removed the non-free image (lena) from it.
+# Debian's opencv 4.6.0+dfsg-12 copyright file puts samples/data/* under its "Files: *" stanza:
+# "License: Apache-2.0 AND BSD-3-Clause" (Intel Corporation, OpenCV Foundation and contributors).
+# Debian's source package excludes lena (Files-Excluded) as non-free; none of these is excluded.
 OPENCV_STILLS = (
     "building.jpg",      # an office block, windows
     "leuvenA.jpg",       # brick houses, cobbles

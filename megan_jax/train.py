@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache

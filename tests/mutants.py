@@ -338,7 +338,7 @@ def main() -> int:
       print(tail)
     rows.append((m, verdict, seconds))
     print(f"{m.name:36s} {seconds:6.0f} s  {verdict}", flush=True)
-  print(f"\n| mutant | file | what | result |\n| --- | --- | --- | --- |")
+  print("\n| mutant | file | what | result |\n| --- | --- | --- | --- |")
   for m, verdict, _ in rows:
     print(f"| {m.name} | {m.file} | {m.what} | {verdict} |")
   print(f"\n{len(rows) - bad}/{len(rows)} killed in {time.time() - start:.0f} s "

@@ -401,7 +401,7 @@ def test_ctrl_c_landing_in_a_finaliser_still_stops_the_run(capfd):
 if __name__ == "__main__":
   sys.path.insert(0, train_fakes.REPO)
   from absl import app  # pylint: disable=g-import-not-at-top
-  from megan_jax import main, stop_signals  # pylint: disable=g-import-not-at-top
+  from megan_jax import main  # pylint: disable=g-import-not-at-top
   _train = train.train_and_evaluate
   train.train_and_evaluate = lambda config, workdir: _train(config, workdir, model=MODEL)
   if "EDGE_WINDOW" in os.environ:  # hold the window in which the data workers start open

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 
