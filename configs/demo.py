@@ -2,9 +2,10 @@ r"""CPU demo: the packaged small MEGAN adapted to a clip, scored on the part of 
 
     python -m megan_jax.main --config=configs/demo.py --workdir=/tmp/megan_demo
 
-Starts from the packaged parameters `demo_small` (made by configs/pretrain.py: this model trained
-from scratch for 6000 steps on Big Buck Bunny, Bikes, scikit-image's photographs and 8 Vimeo-90K
-septuplets, never on Carphone; see docs/BENCHMARKS.md), fine-tunes them on Carphone's first
+Starts from the packaged parameters `demo_small` (this model trained for 6000 steps by
+configs/pretrain.py on Big Buck Bunny, Bikes, scikit-image's photographs and 8 Vimeo-90K
+septuplets, then 5000 more by configs/pretrain_more.py with 13 more photographs; never on
+Carphone; see docs/TRAINING.md), fine-tunes them on Carphone's first
 TRAIN_FRAMES frames (what a user does with their own footage), then scores on Carphone's last
 frames, which neither training ever sees: the fine-tuned model, the packaged one and bicubic +
 frame blending on exactly the same frames, in one table, with per-frame plots and side-by-side

