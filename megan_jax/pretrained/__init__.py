@@ -2,11 +2,12 @@
 
 `config.pretrained` names one: a packaged set (`PACKAGED`, e.g. "demo_small", the small MEGAN of
 configs/demo.py, made by configs/pretrain.py then configs/pretrain_more.py) or the path of a `.npz`
-written by `python -m megan_jax.main --mode=export`. A run whose workdir holds no checkpoint starts from it:
-`start_workdir` checks its arrays against the configured model's (`jax.eval_shape`, nothing is
-computed) and only then writes it as the params-only step-0 checkpoint (`checkpointing.save_params`,
-under the workdir's lock), so training fine-tunes it (fresh optimiser state and data order) and
-eval and infer use it as is. A set that does not fit leaves the workdir as it was.
+written by `python -m megan_jax.main --mode=export`. A run whose workdir holds no checkpoint starts
+from it: `start_workdir` checks its arrays against the configured model's (`jax.eval_shape`,
+nothing is computed) and only then writes it as the params-only step-0 checkpoint
+(`checkpointing.save_params`, under the workdir's lock), so training fine-tunes it (fresh optimiser
+state and data order) and eval and infer use it as is. A set that does not fit leaves the workdir
+as it was.
 
 File format: one array per parameter under its '/'-joined tree path ("front/conv_first/kernel"),
 plus "__meta__", a JSON string (config, step, source workdir, date; "started_from": the meta of
@@ -159,7 +160,8 @@ def start_workdir(config, workdir: str, expected=None, announce: bool = True) ->
   """Makes `config.pretrained` the step-0 checkpoint of `workdir` when it holds none yet, once its
   arrays match `expected` (a parameter tree of arrays or ShapeDtypeStructs; default:
   `expected_params(config)`). Returns what it started from ("the parameters demo_small (6000 steps
-  of configs/pretrain.py)"), noted on screen when `announce`, or None when it wrote nothing."""
+  of configs/pretrain.py, then 5000 of configs/pretrain_more.py)"), noted on screen when
+  `announce`, or None when it wrote nothing."""
   name = config.pretrained
   if not name or checkpointing.has_checkpoints(workdir):
     return None
