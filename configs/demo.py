@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.frames = ml_collections.ConfigDict(
       {HELD_OUT: TRAIN_FRAMES})  # (start, stop) per embedded clip: train on those frames only
   c.data.stills = ()            # photographs moved into clips: data.stills.STILLS names, image paths
+  c.data.stills_scales = (1,)   # each photograph is used downscaled by each of these factors
   c.data.crop = 16
   c.data.workers = 0
   c.data.read_threads = 1

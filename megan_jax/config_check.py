@@ -85,6 +85,7 @@ RULES: dict[str, Range] = {
     "data.workers": Range(0, note="0: in the main process"),
     "data.read_threads": POSITIVE,
     "data.prescale.*": POSITIVE,
+    "data.stills_scales.*": POSITIVE,
     "batch_size": POSITIVE,
     "num_steps": POSITIVE,
     "optimizer.lr": RATE._replace(note="a negative one trains by gradient ascent"),
@@ -176,7 +177,8 @@ def _fits(rule: Range, value, config) -> bool:
 
 
 def _values(config, path: str):
-  """(dotted path, value) of the fields that `path` (with "*" for any key) names in `config`."""
+  """(dotted path, value) of the fields that `path` (with "*" for any key, or any item of a
+  tuple: `data.stills_scales.1`) names in `config`."""
   head, _, rest = path.partition(".")
   keys = list(config.keys()) if head == "*" else [head] if head in config else []
   for key in keys:
@@ -185,6 +187,8 @@ def _values(config, path: str):
       yield key, value
     elif isinstance(value, ml_collections.ConfigDict):
       yield from ((f"{key}.{p}", v) for p, v in _values(value, rest))
+    elif isinstance(value, (tuple, list)) and rest == "*":
+      yield from ((f"{key}.{i}", v) for i, v in enumerate(value))
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import train_fakes
-from configs import demo, pretrain, pretrain_more, vimeo  # the repository root is on the path (conftest.py)
+from configs import demo, pretrain, pretrain_downscaled, pretrain_more, vimeo  # the repository root is on the path (conftest.py)
 from megan_jax import config_check
 
 # (field, bad value, the allowed values as the message must say them): written by hand from the
@@ -127,10 +127,10 @@ def test_none_only_where_a_field_documents_it():
 @pytest.mark.parametrize("make", [
     *[lambda v=v: vimeo.get_config(v) for v in (None, "no_lmga", "no_nlrb", "zsm", "small",
                                                 "tiny")],
-    demo.get_config, pretrain.get_config, pretrain_more.get_config,
+    demo.get_config, pretrain.get_config, pretrain_more.get_config, pretrain_downscaled.get_config,
     lambda: train_fakes.fast_config("tiny", "data"),
 ], ids=["vimeo", "no_lmga", "no_nlrb", "zsm", "small", "tiny", "demo", "pretrain", "pretrain_more",
-        "test_fakes"])
+        "pretrain_downscaled", "test_fakes"])
 def test_shipped_configs_pass(make):
   config_check.check(make())
 
@@ -139,6 +139,14 @@ def test_demo_prescale_factors_are_checked():
   config = demo.get_config()
   config.data.prescale.bikes = 0
   with pytest.raises(ValueError, match=r"^config\.data\.prescale\.bikes: 0; expected an integer "
+                     r">= 1$"):
+    config_check.check(config)
+
+
+def test_stills_scales_are_checked():
+  config = demo.get_config()
+  config.data.stills_scales = (1, 0)
+  with pytest.raises(ValueError, match=r"^config\.data\.stills_scales\.1: 0; expected an integer "
                      r">= 1$"):
     config_check.check(config)
 

@@ -53,12 +53,43 @@ def test_a_file_that_is_no_image_names_itself(tmp_path):
 def test_stills_add_every_window_of_every_clip(monkeypatch):
   """9-frame clips give 3 windows of 7 each, after the embedded clips' windows."""
   rendered = {}
-  def fake(names, num_frames=13):
-    rendered["names"] = names
+  def fake(names, num_frames=13, scales=(1,)):
+    rendered["names"], rendered["scales"] = names, scales
     return [stills.ArraySequence(f"s{k}", np.zeros((9, 8, 8, 3), np.uint8)) for k in range(2)]
   monkeypatch.setattr(pipeline, "still_clips", fake)
   cfg = ml_collections.ConfigDict({"name": "embedded", "clips": ("bikes",), "stills": ("coffee",)})
   source = pipeline.make_train_source(cfg)
-  assert rendered["names"] == ("coffee",)
+  assert rendered["names"] == ("coffee",) and rendered["scales"] == (1,)
   assert len(source) == (250 - 6) + 2 * 3
   assert source[len(source) - 1]["where"] == "s1 frames 2..8"
+
+
+def test_a_downscaled_still_is_the_photograph_at_half_size(tmp_path):
+  """A 60x40 ramp f = 2 row + 2 column: PIL's antialiased bicubic keeps a ramp away from the
+  borders, so the half-size pixel (i, j), centred on (2i + 0.5, 2j + 0.5), is 4i + 4j + 2 (an
+  integer after each of PIL's two 1-D passes, so no rounding). The 24x16 view of the 30x20
+  half-size photograph starts 3 rows and 2 columns in (frame 0 is the plain crop)."""
+  rows, cols = np.mgrid[:60, :40]
+  image = np.repeat((2 * rows + 2 * cols)[..., None], 3, axis=-1).astype(np.uint8)
+  path = tmp_path / "ramp.png"
+  Image.fromarray(image).save(path)
+  clips = stills.still_clips((str(path),), num_frames=1, scales=(1, 2))
+  assert [c.name for c in clips] == [
+      "still_ramp_pan", "still_ramp_zoom", "still_ramp_rotate",
+      "still_ramp_x2_pan", "still_ramp_x2_zoom", "still_ramp_x2_rotate"]
+  i, j = np.mgrid[3:27, 2:18]
+  for clip in clips[3:]:
+    assert clip.frames.shape == (1, 24, 16, 3)
+    np.testing.assert_array_equal(clip.frames[0, ..., 1], 4 * i + 4 * j + 2)
+
+
+def test_the_config_names_the_scales_of_the_stills(monkeypatch):
+  rendered = {}
+  def fake(names, num_frames=13, scales=(1,)):
+    rendered["scales"] = scales
+    return [stills.ArraySequence("s", np.zeros((9, 8, 8, 3), np.uint8))]
+  monkeypatch.setattr(pipeline, "still_clips", fake)
+  cfg = ml_collections.ConfigDict({"name": "embedded", "clips": ("bikes",), "stills": ("coffee",),
+                                   "stills_scales": (1, 2)})
+  pipeline.make_train_source(cfg)
+  assert rendered["scales"] == (1, 2)

@@ -226,6 +226,12 @@ def test_configs_and_variants():
   assert m.data.stills[:len(p.data.stills)] == p.data.stills
   assert m.data.stills[len(p.data.stills):] == tuple(
       f"/photos/{name}" for name in pretrain_more.OPENCV_STILLS)
+  from configs import pretrain_downscaled  # pylint: disable=import-outside-toplevel
+  s = pretrain_downscaled.get_config("/photos")  # and on all of them at half size too
+  assert demo.HELD_OUT not in s.data.clips and s.data.stills[:len(m.data.stills)] == m.data.stills
+  assert s.data.stills[len(m.data.stills):-1] == tuple(
+      f"/photos/{name}" for name in pretrain_downscaled.MORE_OPENCV_STILLS)
+  assert os.path.isfile(s.data.stills[-1]) and tuple(s.data.stills_scales) == (1, 2)
 
 
 def test_deterministic_flag_is_added_once(monkeypatch):

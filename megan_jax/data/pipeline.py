@@ -46,7 +46,8 @@ def make_train_source(data_cfg):
                                  frames=data_cfg.get("frames"))
     extra = [folder_source(str(p), n_in) for p in data_cfg.get("extra") or ()]
     if stills := tuple(data_cfg.get("stills") or ()):
-      extra.append(SequenceWindows(still_clips(stills), 2 * n_in - 1))
+      scales = tuple(data_cfg.get("stills_scales") or (1,))
+      extra.append(SequenceWindows(still_clips(stills, scales=scales), 2 * n_in - 1))
     return ConcatSource([source] + extra) if extra else source
   if name == "frames":
     return folder_source(str(data_cfg.root), data_cfg.get("num_input_frames", 4))

@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from megan_jax.data.embedded import MOTIONS, synthetic_clip
+from megan_jax.data.embedded import MOTIONS, shrink, synthetic_clip
 from megan_jax.data.sources import ArraySequence, DataError
 
 # name: (file in skimage/data, licence as scikit-image's docstrings state it)
@@ -67,14 +67,21 @@ def load_still(name: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def still_clips(names: tuple, num_frames: int = 13) -> list:
-  """One synthetic clip per (photograph, motion kind): uint8 frames (num_frames, h, w, 3), with
-  (h, w) = VIEW x the photograph's size, rounded down to multiples of 4."""
+def still_clips(names: tuple, num_frames: int = 13, scales: tuple = (1,)) -> list:
+  """One synthetic clip per (photograph, scale, motion kind): uint8 frames (num_frames, h, w, 3),
+  with (h, w) = VIEW x the size of the photograph downscaled by the scale (`embedded.shrink`, as
+  `data.prescale` does to video), rounded down to multiples of 4. Scale 1 is the photograph itself;
+  clips at scale s > 1 are named `still_<name>_x<s>_<kind>`. Why downscale: a photograph at full
+  resolution has less detail per pixel than small video (Carphone's 176x144), and the embedded
+  clips train prescaled for the same reason (configs/pretrain.py)."""
   clips = []
   for name in names:
-    image = load_still(name)
-    size = tuple(int(VIEW * s) // 4 * 4 for s in image.shape[:2])
-    for kind in MOTIONS:
-      frames = synthetic_clip(kind, num_frames, size, image=image).frames
-      clips.append(ArraySequence(f"still_{still_name(name)}_{kind}", frames))
+    photograph = load_still(name)
+    for scale in scales:
+      image = shrink(photograph, int(scale))
+      size = tuple(int(VIEW * s) // 4 * 4 for s in image.shape[:2])
+      label = still_name(name) if scale == 1 else f"{still_name(name)}_x{scale}"
+      for kind in MOTIONS:
+        frames = synthetic_clip(kind, num_frames, size, image=image).frames
+        clips.append(ArraySequence(f"still_{label}_{kind}", frames))
   return clips
