@@ -59,7 +59,7 @@ def test_pretrained_that_does_not_fit_is_refused_before_anything_is_written(data
   demo = _demo_config()  # ... and in configs/demo.py's model it fits
   assert pretrained.start_workdir(demo, workdir, announce=False).startswith(
       "the parameters demo_small (6000 steps of configs/pretrain.py, then 5000 of "
-      "configs/pretrain_more.py)")
+      "configs/pretrain_more.py, then 5000 of configs/pretrain_downscaled.py)")
   assert checkpointing.make_manager(workdir, create=False).all_steps() == [0]
 
 
