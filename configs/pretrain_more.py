@@ -13,11 +13,12 @@ model gained least on fine texture (docs/BENCHMARKS.md, "Other held-out clips": 
 The config argument is the folder that holds them (default: where `apt install opencv-doc` puts
 them). The opencv-doc *videos* (vtest, tree, Megamind) stay out of training: they are held-out
 clips, scored like Carphone.
-The packaged `demo_small` is this config's last step when it starts from the stage-1 model (the
-export of configs/pretrain.py's 6000 steps; `--config.pretrained=stage1.npz` above). Its default,
-`demo_small`, continues today's packaged model instead: a further stage. Measured on 2026-12-07
-(docs/BENCHMARKS.md, "Round four"): Carphone 27.56/0.8523 against 27.20/0.8432 for the stage-1
-model, and better on each held-out opencv clip (tree by only 0.005 dB).
+Its last step, started from the stage-1 model (the export of configs/pretrain.py's 6000 steps;
+`--config.pretrained=stage1.npz` above), is stage 2 of the packaged `demo_small`, which
+configs/pretrain_downscaled.py continues. Its default, `demo_small`, continues today's packaged
+model instead: a further stage. Measured on 2026-12-07 (docs/BENCHMARKS.md, "Round four"):
+Carphone 27.56/0.8523 against 27.20/0.8432 for the stage-1 model, and better on each held-out
+opencv clip (tree by only 0.005 dB).
 """
 
 import importlib.util

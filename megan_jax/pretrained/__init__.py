@@ -1,8 +1,9 @@
 """Parameter sets shipped with the package, and the `.npz` format they (and exports) use.
 
 `config.pretrained` names one: a packaged set (`PACKAGED`, e.g. "demo_small", the small MEGAN of
-configs/demo.py, made by configs/pretrain.py then configs/pretrain_more.py) or the path of a `.npz`
-written by `python -m megan_jax.main --mode=export`. A run whose workdir holds no checkpoint starts
+configs/demo.py, made by configs/pretrain.py, configs/pretrain_more.py then
+configs/pretrain_downscaled.py) or the path of a `.npz` written by `python -m megan_jax.main
+--mode=export`. A run whose workdir holds no checkpoint starts
 from it: `start_workdir` checks its arrays against the configured model's (`jax.eval_shape`,
 nothing is computed) and only then writes it as the params-only step-0 checkpoint
 (`checkpointing.save_params`, under the workdir's lock), so training fine-tunes it (fresh optimiser
