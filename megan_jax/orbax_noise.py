@@ -3,9 +3,11 @@
 A save that fails in orbax's background threads (disk full, folder turned read-only) is reported
 four times by orbax's own error log, then by asyncio for each aborted write ("Task exception was
 never retrieved") and by each write's completion callback that arrives after orbax closed the event
-loop ("Event loop is closed", through `sys.unraisablehook`). Installed on import: orbax's error
-records are shown only at debug verbosity (--verbosity=1), without their tracebacks; the other two
-are dropped. Also drops orbax's warning for saves without a validation score (expected between
+loop ("Event loop is closed", through `sys.unraisablehook`); a write's coroutine that the aborted
+loop never ran is reported once more at exit ("coroutine 'async_serialize_from_host.<locals>.
+write_fragment' was never awaited", a RuntimeWarning). Installed on import: orbax's error
+records are shown only at debug verbosity (--verbosity=1), without their tracebacks; the other
+three are dropped. Also drops orbax's warning for saves without a validation score (expected between
 validations), and its warning for a step a running training deleted while an eval read it.
 """
 
@@ -13,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 
 SAVE_FAILED = threading.Event()  # set by checkpointing once a save failed: its writes report late
 
@@ -91,3 +94,6 @@ logging.getLogger("absl").addFilter(_QuietOrbaxErrors())
 logging.getLogger("absl").addFilter(_DeletedStepFilter())
 logging.getLogger("asyncio").addFilter(_QuietAbortedWrites())
 sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+# orbax's write coroutines only (the qualified name of orbax's serialisation function).
+warnings.filterwarnings("ignore", message=r"coroutine 'async_serialize_from_host\.<locals>\.\w+' "
+                        r"was never awaited", category=RuntimeWarning)
