@@ -13,8 +13,8 @@ import re
 import shutil
 import signal
 import subprocess
-import textwrap
 import sys
+import textwrap
 import time
 
 import jax

@@ -50,13 +50,19 @@ def test_a_file_that_is_no_image_names_itself(tmp_path):
     stills.load_still(str(path))
 
 
-def test_stills_add_every_window_of_every_clip(monkeypatch):
-  """9-frame clips give 3 windows of 7 each, after the embedded clips' windows."""
-  rendered = {}
+@pytest.fixture
+def rendered(monkeypatch):
+  """What the pipeline asks the stills renderer for; it renders two 9-frame clips of zeros."""
+  asked = {}
   def fake(names, num_frames=13, scales=(1,)):
-    rendered["names"], rendered["scales"] = names, scales
+    asked["names"], asked["scales"] = names, scales
     return [stills.ArraySequence(f"s{k}", np.zeros((9, 8, 8, 3), np.uint8)) for k in range(2)]
   monkeypatch.setattr(pipeline, "still_clips", fake)
+  return asked
+
+
+def test_stills_add_every_window_of_every_clip(rendered):
+  """9-frame clips give 3 windows of 7 each, after the embedded clips' windows."""
   cfg = ml_collections.ConfigDict({"name": "embedded", "clips": ("bikes",), "stills": ("coffee",)})
   source = pipeline.make_train_source(cfg)
   assert rendered["names"] == ("coffee",) and rendered["scales"] == (1,)
@@ -83,12 +89,7 @@ def test_a_downscaled_still_is_the_photograph_at_half_size(tmp_path):
     np.testing.assert_array_equal(clip.frames[0, ..., 1], 4 * i + 4 * j + 2)
 
 
-def test_the_config_names_the_scales_of_the_stills(monkeypatch):
-  rendered = {}
-  def fake(names, num_frames=13, scales=(1,)):
-    rendered["scales"] = scales
-    return [stills.ArraySequence("s", np.zeros((9, 8, 8, 3), np.uint8))]
-  monkeypatch.setattr(pipeline, "still_clips", fake)
+def test_the_config_names_the_scales_of_the_stills(rendered):
   cfg = ml_collections.ConfigDict({"name": "embedded", "clips": ("bikes",), "stills": ("coffee",),
                                    "stills_scales": (1, 2)})
   pipeline.make_train_source(cfg)
